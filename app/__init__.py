@@ -1,0 +1,1 @@
+"""chatroom: a self-hosted, authenticated, multi-room real-time chat server."""

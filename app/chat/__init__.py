@@ -1,0 +1,1 @@
+"""The chat engine: frames, rooms, fan-out and message storage, independent of HTTP routes."""

@@ -1,0 +1,117 @@
+"""WebSocket frames: parsing what clients send and encoding what the server sends.
+
+Every outgoing frame is encoded here exactly once; fan-out hands the same string to every
+receiver.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from app.models import Message
+
+MAX_CLIENT_MSG_ID_CHARS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ClientMessage:
+    body: str
+    client_msg_id: str | None = None
+
+
+class FrameError(Exception):
+    """A client frame the server refuses; the connection stays open."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def parse_client_frame(text: str, *, max_chars: int) -> ClientMessage:
+    """A JSON `message` frame, or any other text taken whole as the body."""
+    stripped = text.lstrip()
+    if stripped.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise FrameError("invalid_json", f"frame is not valid JSON: {exc.msg}") from exc
+        return _parse_object(data, max_chars=max_chars)
+    return ClientMessage(body=_check_body(text, max_chars=max_chars))
+
+
+def _parse_object(data: Any, *, max_chars: int) -> ClientMessage:
+    if not isinstance(data, dict):
+        raise FrameError("invalid_frame", "frame must be a JSON object")
+    kind = data.get("type")
+    if kind != "message":
+        raise FrameError("unknown_type", f"unknown frame type {kind!r}; expected 'message'")
+    body = data.get("body")
+    if not isinstance(body, str):
+        raise FrameError("invalid_body", "'body' must be a string")
+    client_msg_id = data.get("client_msg_id")
+    if client_msg_id is not None and (
+        not isinstance(client_msg_id, str) or not 1 <= len(client_msg_id) <= MAX_CLIENT_MSG_ID_CHARS
+    ):
+        raise FrameError(
+            "invalid_client_msg_id",
+            f"'client_msg_id' must be a string of 1 to {MAX_CLIENT_MSG_ID_CHARS} characters",
+        )
+    return ClientMessage(body=_check_body(body, max_chars=max_chars), client_msg_id=client_msg_id)
+
+
+def _check_body(body: str, *, max_chars: int) -> str:
+    body = body.strip()
+    if not body:
+        raise FrameError("empty_body", "message body is empty")
+    if len(body) > max_chars:
+        raise FrameError("body_too_long", f"message body exceeds {max_chars} characters")
+    return body
+
+
+def iso_utc(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def message_payload(message: Message, client_msg_id: str | None = None) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "type": "message",
+        "id": message.id,
+        "room": message.room,
+        "user": message.author,
+        "body": message.body,
+        "created_at": iso_utc(message.created_at),
+    }
+    if client_msg_id is not None:
+        payload["client_msg_id"] = client_msg_id
+    return payload
+
+
+def encode(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+def welcome_frame(*, user: str, room: str, online: list[str]) -> str:
+    return encode({"type": "welcome", "user": user, "room": room, "online": online})
+
+
+def history_frame(*, room: str, messages: list[Message], has_more: bool) -> str:
+    return encode(
+        {
+            "type": "history",
+            "room": room,
+            "messages": [message_payload(message) for message in messages],
+            "has_more": has_more,
+        }
+    )
+
+
+def presence_frame(kind: str, *, room: str, user: str) -> str:
+    return encode({"type": kind, "room": room, "user": user})
+
+
+def error_frame(code: str, detail: str, **extra: Any) -> str:
+    return encode({"type": "error", "code": code, "detail": detail, **extra})

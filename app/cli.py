@@ -1,0 +1,141 @@
+"""The `chatroom` command: serve, migrate, create-user, token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import sys
+
+from pydantic import ValidationError
+
+from app.config import Settings
+from app.db import create_engine, create_session_factory
+from app.migrate import upgrade
+from app.schemas import Credentials
+from app.secret import load_secret_key
+from app.security import create_access_token
+from app.server import uvicorn_options
+from app.users import UsernameTaken, create_user, get_user
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="chatroom", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the server (migrates the database first)")
+    serve.add_argument("--host", help="address to bind (CHATROOM_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (CHATROOM_PORT, default 8080)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument("--no-migrate", action="store_true", help="skip `alembic upgrade head`")
+
+    commands.add_parser("migrate", help="migrate the database to the newest revision")
+
+    create = commands.add_parser("create-user", help="create an account")
+    create.add_argument("name")
+    create.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+
+    token = commands.add_parser("token", help="print an access token for a user")
+    token.add_argument("name")
+    token.add_argument(
+        "--minutes", type=int, help="lifetime (default CHATROOM_ACCESS_TOKEN_MINUTES)"
+    )
+    token.add_argument(
+        "--room",
+        action="append",
+        dest="rooms",
+        metavar="ITEM_ID",
+        help="restrict the token to this room (repeatable)",
+    )
+
+    args = parser.parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+    if args.command == "serve":
+        return _serve(settings, args)
+    if args.command == "migrate":
+        upgrade(settings.database_url)
+        return 0
+    if args.command == "create-user":
+        return asyncio.run(_create_user(settings, args.name, _read_password(args.password_stdin)))
+    return asyncio.run(_print_token(settings, args.name, args.minutes, args.rooms))
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    if not args.no_migrate:
+        upgrade(settings.database_url)
+    if args.workers > 1 and settings.broker_url.startswith("memory"):
+        logging.warning(
+            "--workers %d with CHATROOM_BROKER_URL=memory://: each worker only sees its own "
+            "sockets; set a redis:// broker to share rooms between workers",
+            args.workers,
+        )
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        workers=args.workers,
+        **uvicorn_options(settings),
+    )
+    return 0
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    password = getpass.getpass("Password: ")
+    if password != getpass.getpass("Repeat: "):
+        raise SystemExit("passwords differ")
+    return password
+
+
+async def _create_user(settings: Settings, name: str, password: str) -> int:
+    try:
+        credentials = Credentials(username=name, password=password)
+    except ValidationError as exc:
+        print(f"invalid: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return 2
+    engine = create_engine(settings.database_url)
+    try:
+        async with create_session_factory(engine)() as session:
+            await create_user(session, username=credentials.username, password=credentials.password)
+    except UsernameTaken:
+        print(f"username {name!r} is taken", file=sys.stderr)
+        return 1
+    finally:
+        await engine.dispose()
+    print(f"created {name}")
+    return 0
+
+
+async def _print_token(
+    settings: Settings, name: str, minutes: int | None, rooms: list[str] | None
+) -> int:
+    engine = create_engine(settings.database_url)
+    try:
+        async with create_session_factory(engine)() as session:
+            user = await get_user(session, username=name)
+    finally:
+        await engine.dispose()
+    if user is None:
+        print(f"no user {name!r}", file=sys.stderr)
+        return 1
+    print(
+        create_access_token(
+            name,
+            key=load_secret_key(settings),
+            minutes=minutes or settings.access_token_minutes,
+            rooms=rooms,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

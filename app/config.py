@@ -1,0 +1,45 @@
+"""Settings: every option is an environment variable named CHATROOM_<NAME>."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+
+class Settings(BaseSettings):
+    """Server configuration; see docs/configuration.md for each option."""
+
+    model_config = SettingsConfigDict(env_prefix="CHATROOM_", extra="ignore")
+
+    database_url: str = "sqlite+aiosqlite:///./chatroom.db"
+    broker_url: str = "memory://"
+    # None: read from / generate into secret_key_file (see app/secret.py).
+    secret_key: str | None = None
+    secret_key_file: Path | None = None
+    access_token_minutes: int = Field(default=24 * 60, ge=1)
+    open_registration: bool = True
+    history_limit: int = Field(default=50, ge=0, le=1000)
+    max_message_chars: int = Field(default=4000, ge=1)
+    max_frame_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Per-connection outbound buffer: a reader this far behind is closed with 1013.
+    send_buffer_frames: int = Field(default=256, ge=0)
+    send_buffer_bytes: int = Field(default=1024 * 1024, ge=0)
+    # Heartbeat: uvicorn pings every interval and drops a peer silent for the timeout.
+    ping_interval_seconds: float = Field(default=20.0, ge=0)
+    ping_timeout_seconds: float = Field(default=20.0, ge=0)
+    cookie_secure: bool | None = None  # None: Secure when the request came over HTTPS
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    @property
+    def resolved_secret_key_file(self) -> Path:
+        """Where the generated key lives: beside a SQLite file, else the working directory."""
+        if self.secret_key_file is not None:
+            return self.secret_key_file
+        url = make_url(self.database_url)
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            return Path(url.database).resolve().parent / "chatroom.secret"
+        return Path("chatroom.secret").resolve()

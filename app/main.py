@@ -1,0 +1,59 @@
+"""The application factory and its lifespan, which owns every long-lived object."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from app.chat.broker import create_broker
+from app.chat.service import ChatService
+from app.config import Settings
+from app.db import create_engine, create_session_factory
+from app.logs import install_redaction
+from app.migrate import ensure_at_head
+from app.paths import resource
+from app.routes import auth, history, pages, websocket
+from app.secret import load_secret_key
+from app.state import Services
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A chatroom app; each call builds independent state (tests make one per test)."""
+    settings = settings or Settings()
+    install_redaction()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Services]]:
+        engine = create_engine(settings.database_url)
+        try:
+            await ensure_at_head(engine)
+            sessions = create_session_factory(engine)
+            chat = ChatService(
+                settings=settings,
+                engine=engine,
+                sessions=sessions,
+                broker=create_broker(settings.broker_url),
+            )
+            await chat.start()
+            services = Services(
+                settings=settings,
+                engine=engine,
+                sessions=sessions,
+                secret_key=load_secret_key(settings),
+                chat=chat,
+            )
+            try:
+                yield {"services": services}
+            finally:
+                await chat.stop()
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(title="chatroom", version="0.1.0", lifespan=lifespan)
+    for module in (auth, history, websocket, pages):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=resource("static")), name="static")
+    return app

@@ -1,0 +1,48 @@
+"""REST history of a room, and the health check."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, status
+
+from app.chat.protocol import message_payload
+from app.chat.store import history_page
+from app.deps import CurrentIdentity, ServicesDep
+from app.schemas import HistoryOut, MessageOut, RoomId
+
+router = APIRouter()
+
+
+@router.get("/items/{item_id}/messages", tags=["history"])
+async def room_history(
+    item_id: RoomId,
+    identity: CurrentIdentity,
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    before: Annotated[
+        int | None, Query(ge=1, description="Only messages with a smaller id")
+    ] = None,
+    after: Annotated[int | None, Query(ge=0, description="Only ids above this")] = None,
+) -> HistoryOut:
+    """Messages of a room, oldest first.
+
+    Without `after`: the newest `limit` messages (before `before`, if given); `has_more` says
+    older ones exist. With `after`: the oldest `limit` messages after it; `has_more` says newer
+    ones exist.
+    """
+    if not identity.may_enter(item_id):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "your token does not open this room")
+    messages, has_more = await history_page(
+        services.sessions, room=item_id, limit=limit, before=before, after=after
+    )
+    return HistoryOut(
+        room=item_id,
+        messages=[MessageOut.model_validate(message_payload(m)) for m in messages],
+        has_more=has_more,
+    )
+
+
+@router.get("/healthz", tags=["health"])
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}

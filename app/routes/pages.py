@@ -1,0 +1,154 @@
+"""Browser pages: login, registration, logout and the chat view."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, Request, status
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from app.deps import SESSION_COOKIE, Identity, ServicesDep, SessionDep, optional_identity
+from app.paths import resource
+from app.routes.auth import issue_token
+from app.schemas import PASSWORD_MIN_CHARS, ROOM_PATTERN, Credentials, RoomId
+from app.state import Services
+from app.users import UsernameTaken, authenticate, create_user
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=resource("templates"))
+
+BrowserUser = Annotated[Identity | None, Depends(optional_identity)]
+
+
+def _safe_next(target: str | None) -> str:
+    """Only same-site paths: never redirect a fresh login to another site."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/chat"
+
+
+def _render(request: Request, name: str, code: int = 200, **context: Any) -> HTMLResponse:
+    return templates.TemplateResponse(request, name, context, status_code=code)
+
+
+def _signed_in(request: Request, services: Services, username: str, target: str) -> Response:
+    token = issue_token(services, username)
+    response = RedirectResponse(_safe_next(target), status.HTTP_303_SEE_OTHER)
+    secure = services.settings.cookie_secure
+    response.set_cookie(
+        SESSION_COOKIE,
+        token.access_token,
+        max_age=token.expires_in,
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https" if secure is None else secure,
+    )
+    return response
+
+
+@router.get("/")
+async def index() -> Response:
+    return RedirectResponse("/chat", status.HTTP_303_SEE_OTHER)
+
+
+@router.get("/login")
+async def login_form(request: Request, services: ServicesDep, next: str = "/chat") -> Response:
+    return _render(
+        request,
+        "login.html",
+        next=_safe_next(next),
+        open_registration=services.settings.open_registration,
+    )
+
+
+@router.post("/login")
+async def login(
+    request: Request,
+    services: ServicesDep,
+    db: SessionDep,
+    username: Annotated[str, Form()] = "",
+    password: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = "/chat",
+) -> Response:
+    user = await authenticate(db, username=username, password=password)
+    if user is None:
+        return _render(
+            request,
+            "login.html",
+            status.HTTP_401_UNAUTHORIZED,
+            error="Wrong username or password.",
+            username=username,
+            next=_safe_next(next),
+            open_registration=services.settings.open_registration,
+        )
+    return _signed_in(request, services, user.username, next)
+
+
+@router.get("/register")
+async def register_form(request: Request, services: ServicesDep) -> Response:
+    if not services.settings.open_registration:
+        return _render(request, "closed.html", status.HTTP_403_FORBIDDEN)
+    return _render(request, "register.html", min_password=PASSWORD_MIN_CHARS)
+
+
+@router.post("/register")
+async def register(
+    request: Request,
+    services: ServicesDep,
+    db: SessionDep,
+    username: Annotated[str, Form()] = "",
+    password: Annotated[str, Form()] = "",
+) -> Response:
+    if not services.settings.open_registration:
+        return _render(request, "closed.html", status.HTTP_403_FORBIDDEN)
+    error = None
+    try:
+        credentials = Credentials(username=username, password=password)
+    except ValueError:
+        error = (
+            "Usernames are 3 to 32 letters, digits, '.', '_' or '-'; "
+            f"passwords at least {PASSWORD_MIN_CHARS} characters."
+        )
+    else:
+        try:
+            await create_user(db, username=credentials.username, password=credentials.password)
+        except UsernameTaken:
+            error = "That username is taken."
+    if error is not None:
+        return _render(
+            request,
+            "register.html",
+            status.HTTP_400_BAD_REQUEST if "taken" not in error else status.HTTP_409_CONFLICT,
+            error=error,
+            username=username,
+            min_password=PASSWORD_MIN_CHARS,
+        )
+    return _signed_in(request, services, username, "/chat")
+
+
+@router.post("/logout")
+async def logout() -> Response:
+    response = RedirectResponse("/login", status.HTTP_303_SEE_OTHER)
+    response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="lax")
+    return response
+
+
+@router.get("/chat")
+async def chat_home(request: Request, identity: BrowserUser, room: str = "") -> Response:
+    if room and re.fullmatch(ROOM_PATTERN, room):
+        # The room form works without JavaScript: /chat?room=x -> /chat/x.
+        return RedirectResponse(f"/chat/{room}", status.HTTP_303_SEE_OTHER)
+    return _chat_page(request, identity, room="")
+
+
+@router.get("/chat/{item_id}")
+async def chat_room(request: Request, identity: BrowserUser, item_id: RoomId) -> Response:
+    return _chat_page(request, identity, room=item_id)
+
+
+def _chat_page(request: Request, identity: Identity | None, *, room: str) -> Response:
+    if identity is None:
+        return RedirectResponse(f"/login?next={request.url.path}", status.HTTP_303_SEE_OTHER)
+    return _render(request, "chat.html", user=identity.username, room=room)

@@ -1,0 +1,44 @@
+"""Validation rules and REST bodies shared by the routes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Path
+from pydantic import BaseModel, Field
+
+USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,32}$"
+ROOM_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+PASSWORD_MIN_CHARS = 8
+PASSWORD_MAX_CHARS = 1024  # Argon2 takes any length; this bounds the work one request costs
+
+RoomId = Annotated[str, Path(pattern=ROOM_PATTERN, description="The item id naming the room")]
+
+
+class Credentials(BaseModel):
+    username: str = Field(pattern=USERNAME_PATTERN)
+    password: str = Field(min_length=PASSWORD_MIN_CHARS, max_length=PASSWORD_MAX_CHARS)
+
+
+class UserOut(BaseModel):
+    username: str
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: str = "bearer"  # noqa: S105 (the OAuth2 token type, not a secret)
+    expires_in: int
+
+
+class MessageOut(BaseModel):
+    id: int
+    room: str
+    user: str
+    body: str
+    created_at: str
+
+
+class HistoryOut(BaseModel):
+    room: str
+    messages: list[MessageOut]
+    has_more: bool

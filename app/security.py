@@ -1,0 +1,73 @@
+"""Password hashing (Argon2id) and access tokens (HS256 JWTs). All JWT code lives here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from jose import JWTError, jwt
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
+
+ALGORITHM = "HS256"
+
+# pwdlib's Argon2 defaults exceed OWASP's floor (19 MiB, 2 iterations).
+_hasher = PasswordHash((Argon2Hasher(),))
+# Verifying against this when the user does not exist keeps the timing of a wrong username
+# equal to that of a wrong password.
+_DUMMY_HASH = _hasher.hash("not-a-real-password")
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password: str, password_hash: str | None) -> bool:
+    """True when password matches; always spends one Argon2 verification."""
+    if password_hash is None:
+        _hasher.verify(password, _DUMMY_HASH)
+        return False
+    return _hasher.verify(password, password_hash)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    username: str
+    rooms: frozenset[str] | None  # None: every room
+
+
+class InvalidToken(Exception):
+    """The token is malformed, forged, expired or lacks a subject."""
+
+
+def create_access_token(
+    username: str, *, key: str, minutes: int, rooms: list[str] | None = None
+) -> str:
+    now = datetime.now(UTC)
+    claims: dict[str, object] = {
+        "sub": username,
+        "iat": now,
+        "exp": now + timedelta(minutes=minutes),
+    }
+    if rooms is not None:
+        claims["rooms"] = rooms
+    return str(jwt.encode(claims, key, algorithm=ALGORITHM))
+
+
+def decode_access_token(token: str, *, key: str) -> TokenClaims:
+    """Verify signature (HS256 only) and expiry; raise InvalidToken otherwise."""
+    try:
+        claims = jwt.decode(
+            token, key, algorithms=[ALGORITHM], options={"require_exp": True, "require_sub": True}
+        )
+    except JWTError as exc:
+        raise InvalidToken(str(exc)) from exc
+    username = claims.get("sub")
+    rooms = claims.get("rooms")
+    if not isinstance(username, str):
+        raise InvalidToken("subject is not a string")
+    if rooms is not None and not (
+        isinstance(rooms, list) and all(isinstance(room, str) for room in rooms)
+    ):
+        raise InvalidToken("rooms claim is not a list of strings")
+    return TokenClaims(username=username, rooms=frozenset(rooms) if rooms is not None else None)

@@ -1,0 +1,44 @@
+"""Accounts: creating users and checking their passwords."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import User
+from app.security import hash_password, verify_password
+
+
+class UsernameTaken(Exception):
+    """Another account already has this username."""
+
+
+async def get_user(session: AsyncSession, *, username: str) -> User | None:
+    """The user named username, or None."""
+    return await session.scalar(select(User).where(User.username == username))
+
+
+async def create_user(session: AsyncSession, *, username: str, password: str) -> User:
+    """Create and commit an account; raise UsernameTaken on a clash."""
+    # Argon2 is deliberately slow; off the event loop it does not stall every socket.
+    password_hash = await asyncio.to_thread(hash_password, password)
+    user = User(username=username, password_hash=password_hash)
+    session.add(user)
+    try:
+        await session.commit()
+    except IntegrityError as exc:
+        await session.rollback()
+        raise UsernameTaken(username) from exc
+    return user
+
+
+async def authenticate(session: AsyncSession, *, username: str, password: str) -> User | None:
+    """The user when the password matches, else None (same cost either way)."""
+    user = await get_user(session, username=username)
+    ok = await asyncio.to_thread(
+        verify_password, password, user.password_hash if user is not None else None
+    )
+    return user if ok else None
