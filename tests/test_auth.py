@@ -1,0 +1,87 @@
+"""Accounts, tokens and their failures over REST."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import PASSWORD, LiveServer, register
+
+
+async def test_register_then_token(http: httpx.AsyncClient) -> None:
+    token = await register(http, "alice")
+    response = await http.get("/items/r1/messages", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200
+
+
+async def test_token_answer_shape(http: httpx.AsyncClient) -> None:
+    await register(http, "alice")
+    response = await http.post("/auth/token", data={"username": "alice", "password": PASSWORD})
+    body = response.json()
+    assert body["token_type"] == "bearer"
+    assert body["expires_in"] == 24 * 60 * 60
+    assert body["access_token"].count(".") == 2
+
+
+async def test_taken_username_is_409(http: httpx.AsyncClient) -> None:
+    await register(http, "alice")
+    response = await http.post("/auth/register", json={"username": "alice", "password": PASSWORD})
+    assert response.status_code == 409
+
+
+@pytest.mark.parametrize(
+    "username,password",
+    [
+        ("al", PASSWORD),  # too short
+        ("a" * 33, PASSWORD),  # too long
+        ("bad name", PASSWORD),  # space
+        ("ünïcode", PASSWORD),
+        ("alice", "short"),  # password under 8
+    ],
+)
+async def test_invalid_registration_is_422(
+    http: httpx.AsyncClient, username: str, password: str
+) -> None:
+    response = await http.post("/auth/register", json={"username": username, "password": password})
+    assert response.status_code == 422
+
+
+async def test_wrong_password_and_unknown_user_are_401(http: httpx.AsyncClient) -> None:
+    await register(http, "alice")
+    wrong = await http.post("/auth/token", data={"username": "alice", "password": "nope-nope"})
+    unknown = await http.post("/auth/token", data={"username": "bob", "password": PASSWORD})
+    assert wrong.status_code == unknown.status_code == 401
+    assert wrong.headers["www-authenticate"] == "Bearer"
+
+
+async def test_passwords_are_stored_as_argon2(http: httpx.AsyncClient, server: LiveServer) -> None:
+    import sqlite3
+
+    await register(http, "alice")
+    path = server.settings.database_url.split("///", 1)[1]
+    with sqlite3.connect(path) as db:
+        (stored,) = db.execute("SELECT password_hash FROM users").fetchone()
+    assert stored.startswith("$argon2id$")
+    assert PASSWORD not in stored
+
+
+async def test_closed_registration(settings_closed_server: LiveServer) -> None:
+    async with httpx.AsyncClient(base_url=settings_closed_server.url) as http:
+        response = await http.post(
+            "/auth/register", json={"username": "alice", "password": PASSWORD}
+        )
+        page = await http.get("/register")
+    assert response.status_code == 403
+    assert page.status_code == 403
+
+
+@pytest.fixture
+def settings_closed_server(settings):  # type: ignore[no-untyped-def]
+    live = LiveServer(settings.model_copy(update={"open_registration": False})).start()
+    yield live
+    live.stop()
+
+
+async def test_healthz(http: httpx.AsyncClient) -> None:
+    response = await http.get("/healthz")
+    assert response.status_code == 200

@@ -1,0 +1,77 @@
+"""Who may open a room socket: refusals happen at the handshake, over real sockets."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from jose import jwt
+from websockets.exceptions import InvalidStatus
+
+from app.security import create_access_token
+from tests.conftest import SECRET, LiveServer, connect, register
+
+
+def _b64(data: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def forged_tokens() -> dict[str, str]:
+    exp = int((datetime.now(UTC) + timedelta(hours=1)).timestamp())
+    return {
+        "garbage": "not-a-jwt",
+        "wrong_key": jwt.encode({"sub": "alice", "exp": exp}, "another-key", algorithm="HS256"),
+        "alg_none": f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64({'sub': 'alice', 'exp': exp})}.",
+        "expired": create_access_token("alice", key=SECRET, minutes=-5),
+        "no_exp": jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"),
+        "unknown_user": create_access_token("ghost", key=SECRET, minutes=5),
+        "hs512": jwt.encode({"sub": "alice", "exp": exp}, SECRET, algorithm="HS512"),
+    }
+
+
+async def expect_refused(server: LiveServer, room: str = "r1", **kwargs: object) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(server, room, **kwargs)  # type: ignore[arg-type]
+    assert refused.value.response.status_code == 403
+
+
+async def test_no_credentials_is_refused(server: LiveServer) -> None:
+    await expect_refused(server)
+
+
+@pytest.mark.parametrize("kind", sorted(forged_tokens()))
+async def test_bad_token_in_query_is_refused(
+    server: LiveServer, http: httpx.AsyncClient, kind: str
+) -> None:
+    await register(http, "alice")
+    await expect_refused(server, token=forged_tokens()[kind])
+
+
+@pytest.mark.parametrize("kind", sorted(forged_tokens()))
+async def test_bad_token_in_cookie_is_refused(
+    server: LiveServer, http: httpx.AsyncClient, kind: str
+) -> None:
+    await register(http, "alice")
+    cookie = {"Cookie": f"session={forged_tokens()[kind]}"}
+    await expect_refused(server, additional_headers=cookie)
+
+
+async def test_good_token_via_query_and_cookie(server: LiveServer, http: httpx.AsyncClient) -> None:
+    token = await register(http, "alice")
+    by_query = await connect(server, "r1", token)
+    by_cookie = await connect(server, "r1", additional_headers={"Cookie": f"session={token}"})
+    for client in (by_query, by_cookie):
+        welcome, _ = await client.join()
+        assert welcome["user"] == "alice"
+        await client.close()
+
+
+@pytest.mark.parametrize("room", ["has%20space", "a" * 65, "semi;colon", "%C3%A9"])
+async def test_invalid_room_id_is_refused(
+    server: LiveServer, http: httpx.AsyncClient, room: str
+) -> None:
+    token = await register(http, "alice")
+    await expect_refused(server, room=room, token=token)
