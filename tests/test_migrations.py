@@ -29,6 +29,13 @@ def test_upgrade_from_empty_matches_models_and_downgrade_to_base(tmp_path: Path)
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     engine.dispose()
     assert diff == [], f"models and migrations disagree: {diff}"
+    with sqlite3.connect(path) as db:
+        (messages_sql,) = db.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'messages'"
+        ).fetchone()
+    # Without AUTOINCREMENT SQLite may reuse the id of a deleted newest message, and a client
+    # resuming with ?since= would never see the new one.
+    assert "AUTOINCREMENT" in messages_sql
     downgrade(url, "base")
     assert tables(path) == {"alembic_version"}
     upgrade(url)  # and up again, as a redeploy after a rollback would

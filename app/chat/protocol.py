@@ -54,7 +54,9 @@ def _parse_object(data: Any, *, max_chars: int) -> ClientMessage:
         raise FrameError("invalid_body", "'body' must be a string")
     client_msg_id = data.get("client_msg_id")
     if client_msg_id is not None and (
-        not isinstance(client_msg_id, str) or not 1 <= len(client_msg_id) <= MAX_CLIENT_MSG_ID_CHARS
+        not isinstance(client_msg_id, str)
+        or not 1 <= len(client_msg_id) <= MAX_CLIENT_MSG_ID_CHARS
+        or not _is_unicode(client_msg_id)
     ):
         raise FrameError(
             "invalid_client_msg_id",
@@ -63,7 +65,21 @@ def _parse_object(data: Any, *, max_chars: int) -> ClientMessage:
     return ClientMessage(body=_check_body(body, max_chars=max_chars), client_msg_id=client_msg_id)
 
 
+def _is_unicode(text: str) -> bool:
+    """False for strings holding lone surrogates (JSON can spell them: "\\ud800").
+
+    They cannot be encoded as UTF-8, so they could be neither stored nor sent on.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_body(body: str, *, max_chars: int) -> str:
+    if not _is_unicode(body):
+        raise FrameError("invalid_body", "'body' is not valid Unicode (lone surrogate)")
     body = body.strip()
     if not body:
         raise FrameError("empty_body", "message body is empty")
@@ -76,7 +92,7 @@ def iso_utc(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def message_payload(message: Message, client_msg_id: str | None = None) -> dict[str, Any]:
+def message_payload(message: Message) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "type": "message",
         "id": message.id,
@@ -85,8 +101,8 @@ def message_payload(message: Message, client_msg_id: str | None = None) -> dict[
         "body": message.body,
         "created_at": iso_utc(message.created_at),
     }
-    if client_msg_id is not None:
-        payload["client_msg_id"] = client_msg_id
+    if message.client_msg_id is not None:
+        payload["client_msg_id"] = message.client_msg_id
     return payload
 
 

@@ -13,7 +13,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import insert, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.db import IMMEDIATE
 from app.models import Message, utcnow
@@ -27,13 +28,15 @@ class StoreFailed(Exception):
     """The message could not be stored; it was not broadcast either."""
 
 
-@dataclass(slots=True)
-class Committed:
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A message as the store holds it; duplicate: an earlier send already stored it."""
+
     message: Message
-    client_msg_id: str | None
+    duplicate: bool = False
 
 
-OnCommit = Callable[[Sequence[Committed]], Awaitable[None]]
+OnCommit = Callable[[Sequence[Message]], Awaitable[None]]
 
 
 async def history_page(
@@ -71,7 +74,7 @@ class _Pending:
     author: str
     body: str
     client_msg_id: str | None
-    future: asyncio.Future[Message] = field(repr=False)
+    future: asyncio.Future[Stored] = field(repr=False)
 
 
 class MessageWriter:
@@ -97,12 +100,13 @@ class MessageWriter:
 
     def submit(
         self, *, room: str, author: str, body: str, client_msg_id: str | None = None
-    ) -> asyncio.Future[Message]:
+    ) -> asyncio.Future[Stored]:
         """Queue one message; the future resolves once it is committed and handed on.
 
         Messages are written in submission order, so one sender's messages keep their order.
+        A client_msg_id the author used before resolves to the message stored then.
         """
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
         if self._closing or self._task is None:
             future.set_exception(StoreFailed("the server is shutting down"))
         else:
@@ -125,36 +129,93 @@ class MessageWriter:
 
     async def _write(self, batch: list[_Pending]) -> None:
         try:
-            committed = await self._insert(batch)
+            results = await self._insert(batch)
         except Exception as exc:
+            if len(batch) > 1 and not isinstance(exc, OperationalError):
+                # Not the database as a whole (locked, read-only, full) but something in one
+                # message: write them one by one so the others keep theirs.
+                logger.warning("a batch of %d failed (%s); retrying singly", len(batch), exc)
+                for pending in batch:
+                    await self._write([pending])
+                return
             logger.exception("storing %d message(s) failed", len(batch))
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(StoreFailed(str(exc)))
             return
         try:
-            await self._on_commit(committed)
+            await self._on_commit([r.message for r in results if not r.duplicate])
         except Exception:
             # Stored but not fanned out: clients recover it from history with `since`.
-            logger.exception("publishing %d stored message(s) failed", len(committed))
-        for pending, done in zip(batch, committed, strict=True):
+            logger.exception("publishing stored messages failed")
+        for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
-                pending.future.set_result(done.message)
+                pending.future.set_result(result)
 
-    async def _insert(self, batch: list[_Pending]) -> list[Committed]:
+    async def _insert(self, batch: list[_Pending]) -> list[Stored]:
         now = utcnow()
-        rows = [
-            {"room": p.room, "author": p.author, "body": p.body, "created_at": now} for p in batch
-        ]
-        statement = insert(Message).returning(Message.id, sort_by_parameter_order=True)
         async with self._engine.connect() as connection:
             connection = await connection.execution_options(**IMMEDIATE)
             async with connection.begin():
-                ids = (await connection.execute(statement, rows)).scalars().all()
-        return [
-            Committed(
-                Message(id=id_, room=p.room, author=p.author, body=p.body, created_at=now),
-                p.client_msg_id,
+                # Inside the write transaction, so no other writer can slip a resend in.
+                known = await _stored_resends(connection, batch)
+                fresh: dict[tuple[str, str | None], _Pending] = {}
+                rows = []
+                for pending in batch:
+                    key = (pending.author, pending.client_msg_id)
+                    if pending.client_msg_id is None or (key not in known and key not in fresh):
+                        if pending.client_msg_id is not None:
+                            fresh[key] = pending
+                        rows.append(pending)
+                ids: Sequence[int] = []
+                if rows:
+                    statement = insert(Message).returning(Message.id, sort_by_parameter_order=True)
+                    values = [
+                        {
+                            "room": p.room,
+                            "author": p.author,
+                            "body": p.body,
+                            "client_msg_id": p.client_msg_id,
+                            "created_at": now,
+                        }
+                        for p in rows
+                    ]
+                    ids = (await connection.execute(statement, values)).scalars().all()
+        inserted = {
+            id(p): Message(
+                id=id_,
+                room=p.room,
+                author=p.author,
+                body=p.body,
+                client_msg_id=p.client_msg_id,
+                created_at=now,
             )
-            for id_, p in zip(ids, batch, strict=True)
-        ]
+            for id_, p in zip(ids, rows, strict=True)
+        }
+        results = []
+        for pending in batch:
+            if id(pending) in inserted:
+                results.append(Stored(inserted[id(pending)]))
+            else:
+                key = (pending.author, pending.client_msg_id)
+                earlier = known.get(key) or inserted[id(fresh[key])]
+                results.append(Stored(earlier, duplicate=True))
+        return results
+
+
+async def _stored_resends(
+    connection: AsyncConnection, batch: list[_Pending]
+) -> dict[tuple[str, str | None], Message]:
+    """Messages already stored under the batch's (author, client_msg_id) pairs."""
+    keys = {(p.author, p.client_msg_id) for p in batch if p.client_msg_id is not None}
+    if not keys:
+        return {}
+    query = select(*Message.__table__.columns).where(
+        Message.author.in_({author for author, _ in keys}),
+        Message.client_msg_id.in_({cid for _, cid in keys}),
+    )
+    found = {}
+    for row in await connection.execute(query):
+        if (row.author, row.client_msg_id) in keys:
+            found[(row.author, row.client_msg_id)] = Message(**row._asdict())
+    return found
