@@ -31,8 +31,25 @@ class Settings(BaseSettings):
     ping_interval_seconds: float = Field(default=20.0, ge=0)
     ping_timeout_seconds: float = Field(default=20.0, ge=0)
     cookie_secure: bool | None = None  # None: Secure when the request came over HTTPS
+    # Origins (scheme://host[:port]) besides the server's own whose pages may open sockets
+    # authenticated by the session cookie; comma-separated.
+    allowed_origins: str = ""
+
+    # Abuse limits; 0 turns a limit off.
+    rate_limit: float = Field(default=10.0, ge=0)  # messages per second per user
+    rate_burst: int = Field(default=20, ge=0)
+    max_connections_per_user: int = Field(default=20, ge=0)
+    login_failures_per_username: int = Field(default=5, ge=0)
+    login_failures_per_address: int = Field(default=20, ge=0)
+    login_lockout_seconds: float = Field(default=300.0, ge=0)
     host: str = "127.0.0.1"
     port: int = 8080
+
+    @property
+    def allowed_origin_list(self) -> frozenset[str]:
+        return frozenset(
+            o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()
+        )
 
     @property
     def resolved_secret_key_file(self) -> Path:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Annotated
+from urllib.parse import urlsplit
 
-from fastapi import Cookie, Depends, HTTPException, Query, WebSocketException, status
+from fastapi import Cookie, Depends, HTTPException, Query, WebSocket, WebSocketException, status
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
@@ -66,7 +67,9 @@ async def _identify(services: Services, token: str | None) -> Identity | None:
         return None
     async with services.sessions() as session:
         user = await get_user(session, username=claims.username)
-    return Identity(user, claims) if user is not None else None
+    if user is None or claims.issued_before(user.tokens_valid_after):
+        return None
+    return Identity(user, claims)
 
 
 async def current_identity(
@@ -96,15 +99,35 @@ async def optional_identity(
 
 
 async def websocket_identity(
+    websocket: WebSocket,
     services: ServicesDep,
     token: Annotated[str | None, Query(description="An access token")] = None,
     session: Annotated[str | None, Cookie(include_in_schema=False)] = None,
 ) -> Identity:
     """The socket's user; refuse the handshake (close 1008, HTTP 403) when unknown."""
+    if not token and session and not _same_site(websocket, services.settings.allowed_origin_list):
+        # Browsers send cookies with a cross-site WebSocket handshake, and CORS does not
+        # apply to it: without this check any page could talk in the user's name.
+        raise WebSocketException(CLOSE_POLICY_VIOLATION, "origin not allowed")
     identity = await _identify(services, token or session)
     if identity is None:
         raise WebSocketException(CLOSE_POLICY_VIOLATION, "authentication required")
     return identity
+
+
+def _same_site(websocket: WebSocket, allowed: frozenset[str]) -> bool:
+    """True when the handshake's Origin is this server or an allowed origin.
+
+    Non-browser clients send no Origin and cannot be made to carry a victim's cookie.
+    """
+    origin = websocket.headers.get("origin")
+    if origin is None:
+        return True
+    origin = origin.rstrip("/")
+    if origin in allowed:
+        return True
+    host = websocket.headers.get("host", "")
+    return urlsplit(origin).netloc == host and urlsplit(origin).scheme in ("http", "https")
 
 
 WebSocketIdentity = Annotated[Identity, Depends(websocket_identity)]

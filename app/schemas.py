@@ -11,6 +11,7 @@ USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,32}$"
 ROOM_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 PASSWORD_MIN_CHARS = 8
 PASSWORD_MAX_CHARS = 1024  # Argon2 takes any length; this bounds the work one request costs
+MAX_MESSAGE_ID = 2**63 - 1  # ids are 64-bit integers in every supported database
 
 RoomId = Annotated[str, Path(pattern=ROOM_PATTERN, description="The item id naming the room")]
 

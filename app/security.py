@@ -34,6 +34,14 @@ def verify_password(password: str, password_hash: str | None) -> bool:
 class TokenClaims:
     username: str
     rooms: frozenset[str] | None  # None: every room
+    issued_at: float | None  # seconds since the epoch
+    expires_at: float
+
+    def issued_before(self, moment: datetime | None) -> bool:
+        """True when the token predates moment (a password change): it is revoked."""
+        if moment is None:
+            return False
+        return self.issued_at is None or self.issued_at < moment.timestamp()
 
 
 class InvalidToken(Exception):
@@ -44,9 +52,11 @@ def create_access_token(
     username: str, *, key: str, minutes: int, rooms: list[str] | None = None
 ) -> str:
     now = datetime.now(UTC)
+    # iat keeps its fraction of a second, so a token minted just after a password change is
+    # told apart from one minted just before it.
     claims: dict[str, object] = {
         "sub": username,
-        "iat": now,
+        "iat": now.timestamp(),
         "exp": now + timedelta(minutes=minutes),
     }
     if rooms is not None:
@@ -64,10 +74,18 @@ def decode_access_token(token: str, *, key: str) -> TokenClaims:
         raise InvalidToken(str(exc)) from exc
     username = claims.get("sub")
     rooms = claims.get("rooms")
+    issued_at = claims.get("iat")
     if not isinstance(username, str):
         raise InvalidToken("subject is not a string")
+    if issued_at is not None and not isinstance(issued_at, int | float):
+        raise InvalidToken("iat is not a number")
     if rooms is not None and not (
         isinstance(rooms, list) and all(isinstance(room, str) for room in rooms)
     ):
         raise InvalidToken("rooms claim is not a list of strings")
-    return TokenClaims(username=username, rooms=frozenset(rooms) if rooms is not None else None)
+    return TokenClaims(
+        username=username,
+        rooms=frozenset(rooms) if rooms is not None else None,
+        issued_at=float(issued_at) if issued_at is not None else None,
+        expires_at=float(claims["exp"]),
+    )

@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.chat.service import ChatService
 from app.config import Settings
+from app.throttle import LoginThrottle
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,3 +18,4 @@ class Services:
     sessions: async_sessionmaker[AsyncSession]
     secret_key: str
     chat: ChatService
+    login_throttle: LoginThrottle

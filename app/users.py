@@ -8,8 +8,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import User
+from app.models import User, utcnow
 from app.security import hash_password, verify_password
+from app.throttle import LoginThrottle
 
 
 class UsernameTaken(Exception):
@@ -32,6 +33,32 @@ async def create_user(session: AsyncSession, *, username: str, password: str) ->
     except IntegrityError as exc:
         await session.rollback()
         raise UsernameTaken(username) from exc
+    return user
+
+
+async def change_password(session: AsyncSession, *, user: User, password: str) -> None:
+    """Set a new password and revoke every token issued before now."""
+    user.password_hash = await asyncio.to_thread(hash_password, password)
+    user.tokens_valid_after = utcnow()
+    session.add(user)
+    await session.commit()
+
+
+async def login(
+    session: AsyncSession,
+    throttle: LoginThrottle,
+    *,
+    username: str,
+    password: str,
+    address: str,
+) -> User | None:
+    """authenticate(), refused with LoginThrottled after too many recent failures."""
+    throttle.check(username=username, address=address)
+    user = await authenticate(session, username=username, password=password)
+    if user is None:
+        throttle.failed(username=username, address=address)
+    else:
+        throttle.succeeded(username=username)
     return user
 
 

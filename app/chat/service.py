@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
-from collections.abc import Sequence
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -27,7 +28,8 @@ from app.chat.protocol import (
     presence_frame,
     welcome_frame,
 )
-from app.chat.store import Committed, MessageWriter, StoreFailed, history_page
+from app.chat.ratelimit import TokenBucket
+from app.chat.store import MessageWriter, Stored, StoreFailed, history_page
 from app.config import Settings
 from app.models import Message
 
@@ -36,6 +38,7 @@ logger = logging.getLogger("chatroom.chat")
 SINCE_REPLAY_LIMIT = 1000  # messages replayed for ?since=; beyond it the client pages by REST
 MAX_IN_FLIGHT = 16  # a connection's messages awaiting commit before it stops reading
 CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TIMEOUT_SECONDS = 5.0  # how long a close handshake may take before we move on
 
 
@@ -55,6 +58,11 @@ class ChatService:
         self.broker = broker
         self.sessions = sessions
         self.writer = MessageWriter(engine, self._publish_committed)
+        # Per user, across their sockets in this process.
+        self._sockets_of: Counter[str] = Counter()
+        self._buckets: dict[str, TokenBucket] = {}
+        self._serving: set[asyncio.Future[None]] = set()  # one per socket being served
+        self._stopped = False
 
     async def start(self) -> None:
         await self.broker.start(self.hub.deliver)
@@ -62,19 +70,72 @@ class ChatService:
 
     async def stop(self) -> None:
         """Finish in-flight writes and broadcasts, then close every socket with 1001."""
+        if self._stopped:
+            return
+        self._stopped = True
         await self.writer.stop()
-        for room in self.hub.rooms:
-            for connection in self.hub.connections(room):
-                connection.abort(CLOSE_GOING_AWAY, "server shutting down")
+        self._abort_all(lambda _: True, CLOSE_GOING_AWAY, "server shutting down")
+        if self._serving:
+            await asyncio.wait(self._serving, timeout=CLOSE_TIMEOUT_SECONDS + 1)
         await self.broker.stop()
 
-    async def _publish_committed(self, committed: Sequence[Committed]) -> None:
-        for item in committed:
-            payload = message_payload(item.message, item.client_msg_id)
-            await self.broker.publish(item.message.room, Frame(encode(payload), item.message.id))
+    def disconnect_user(self, user: str, reason: str) -> None:
+        """Close every socket of user here (their credentials were revoked)."""
+        self._abort_all(lambda c: c.user == user, CLOSE_POLICY_VIOLATION, reason)
 
-    async def serve(self, websocket: WebSocket, *, user: str, room: str, since: int | None) -> None:
-        """Run an accepted socket until either side ends it."""
+    def _abort_all(self, which: Callable[[Connection], bool], code: int, reason: str) -> None:
+        for room in self.hub.rooms:
+            for connection in self.hub.connections(room):
+                if which(connection):
+                    connection.abort(code, reason)
+
+    async def _publish_committed(self, messages: Sequence[Message]) -> None:
+        for message in messages:
+            frame = Frame(encode(message_payload(message)), message.id)
+            await self.broker.publish(message.room, frame)
+
+    async def serve(
+        self,
+        websocket: WebSocket,
+        *,
+        user: str,
+        room: str,
+        since: int | None,
+        expires_at: float | None = None,
+    ) -> None:
+        """Run an accepted socket until either side ends it (or its token expires)."""
+        settings = self.settings
+        limit = settings.max_connections_per_user
+        if self._stopped:
+            await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
+            return
+        if limit and self._sockets_of[user] >= limit:
+            await websocket.close(
+                CLOSE_POLICY_VIOLATION, f"too many connections: at most {limit} per user"
+            )
+            return
+        done = asyncio.get_running_loop().create_future()
+        self._serving.add(done)
+        self._sockets_of[user] += 1
+        try:
+            await self._serve(websocket, user=user, room=room, since=since, expires_at=expires_at)
+        finally:
+            done.set_result(None)
+            self._serving.discard(done)
+            self._sockets_of[user] -= 1
+            if not self._sockets_of[user]:
+                del self._sockets_of[user]
+                self._buckets.pop(user, None)
+
+    async def _serve(
+        self,
+        websocket: WebSocket,
+        *,
+        user: str,
+        room: str,
+        since: int | None,
+        expires_at: float | None,
+    ) -> None:
         settings = self.settings
         connection = Connection(
             user=user,
@@ -97,7 +158,7 @@ class ChatService:
             if first:
                 await self.broker.publish(room, Frame(presence_frame("join", room=room, user=user)))
             skip_through = messages[-1].id if messages else (since or 0)
-            await self._pump(websocket, connection, skip_through)
+            await self._pump(websocket, connection, skip_through, expires_at)
         except WebSocketDisconnect:
             pass
         finally:
@@ -119,13 +180,21 @@ class ChatService:
             )
         return await history_page(self.sessions, room=room, limit=self.settings.history_limit)
 
-    async def _pump(self, websocket: WebSocket, connection: Connection, skip_through: int) -> None:
+    async def _pump(
+        self,
+        websocket: WebSocket,
+        connection: Connection,
+        skip_through: int,
+        expires_at: float | None,
+    ) -> None:
         """Send and receive concurrently; the first to end (or an abort) ends both."""
         tasks = {
             asyncio.create_task(connection.run_sender(skip_through=skip_through)),
             asyncio.create_task(self._receive(websocket, connection)),
             asyncio.create_task(connection.aborted.wait()),
         }
+        if expires_at is not None:
+            tasks.add(asyncio.create_task(_expire(connection, expires_at)))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -140,8 +209,11 @@ class ChatService:
                 logger.error("connection of %s failed", connection.user, exc_info=result)
 
     async def _receive(self, websocket: WebSocket, connection: Connection) -> None:
-        in_flight: deque[asyncio.Future[Message]] = deque()
-        max_chars = self.settings.max_message_chars
+        in_flight: deque[asyncio.Future[Stored]] = deque()
+        settings = self.settings
+        bucket = self._buckets.setdefault(
+            connection.user, TokenBucket(settings.rate_limit, settings.rate_burst)
+        )
         while True:
             event = await websocket.receive()
             if event["type"] == "websocket.disconnect":
@@ -153,9 +225,21 @@ class ChatService:
                 )
                 continue
             try:
-                message = parse_client_frame(text, max_chars=max_chars)
+                message = parse_client_frame(text, max_chars=settings.max_message_chars)
             except FrameError as exc:
                 connection.offer(Frame(error_frame(exc.code, exc.detail)))
+                continue
+            wait = bucket.take()
+            if wait:
+                connection.offer(
+                    Frame(
+                        error_frame(
+                            "rate_limited",
+                            f"too many messages: at most {settings.rate_limit:g} a second",
+                            retry_after=round(wait, 3),
+                        )
+                    )
+                )
                 continue
             future = self.writer.submit(
                 room=connection.room,
@@ -163,17 +247,30 @@ class ChatService:
                 body=message.body,
                 client_msg_id=message.client_msg_id,
             )
-            future.add_done_callback(lambda f: _report_store_failure(f, connection))
+            future.add_done_callback(lambda f: _answer_sender(f, connection))
             in_flight.append(future)
             while in_flight and (in_flight[0].done() or len(in_flight) >= MAX_IN_FLIGHT):
                 with contextlib.suppress(StoreFailed):
                     await in_flight.popleft()
 
 
-def _report_store_failure(future: asyncio.Future[Message], connection: Connection) -> None:
+async def _expire(connection: Connection, expires_at: float) -> None:
+    # Long-lived sockets must not outlive the credentials that opened them.
+    await asyncio.sleep(max(0.0, expires_at - time.time()))
+    connection.abort(CLOSE_POLICY_VIOLATION, "token expired")
+
+
+def _answer_sender(future: asyncio.Future[Stored], connection: Connection) -> None:
+    """Tell the sender what became of its message when the broadcast does not."""
     if future.cancelled():
         return
     if isinstance(future.exception(), StoreFailed):
         connection.offer(
             Frame(error_frame("store_failed", "the message could not be stored; send it again"))
         )
+        return
+    stored = future.result()
+    if stored.duplicate:
+        # A resend: answer with the stored message, to the sender alone. No message_id, so
+        # the replay de-duplication does not drop it.
+        connection.offer(Frame(encode(message_payload(stored.message))))

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, status
+from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.security import OAuth2PasswordRequestForm
+from pydantic import BaseModel, Field
 
-from app.deps import ServicesDep, SessionDep
-from app.schemas import Credentials, TokenOut, UserOut
+from app.deps import CurrentIdentity, ServicesDep, SessionDep
+from app.schemas import PASSWORD_MAX_CHARS, PASSWORD_MIN_CHARS, Credentials, TokenOut, UserOut
 from app.security import create_access_token
 from app.state import Services
-from app.users import UsernameTaken, authenticate, create_user
+from app.throttle import LoginThrottled
+from app.users import UsernameTaken, change_password, create_user, login
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -38,16 +41,86 @@ async def register(body: Credentials, db: SessionDep, services: ServicesDep) -> 
     return UserOut(username=user.username)
 
 
-@router.post("/token", responses={401: {"description": "Wrong username or password"}})
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def too_many_failures(exc: LoginThrottled) -> HTTPException:
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        "too many failed logins; try again later",
+        headers={"Retry-After": str(math.ceil(exc.retry_after))},
+    )
+
+
+@router.post(
+    "/token",
+    responses={
+        401: {"description": "Wrong username or password"},
+        429: {"description": "Too many failed logins for this username or address"},
+    },
+)
 async def token(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()], db: SessionDep, services: ServicesDep
+    request: Request,
+    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    db: SessionDep,
+    services: ServicesDep,
 ) -> TokenOut:
     """Trade a username and password (OAuth2 password form) for a bearer token."""
-    user = await authenticate(db, username=form.username, password=form.password)
+    try:
+        user = await login(
+            db,
+            services.login_throttle,
+            username=form.username,
+            password=form.password,
+            address=client_address(request),
+        )
+    except LoginThrottled as exc:
+        raise too_many_failures(exc) from None
     if user is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "wrong username or password",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    return issue_token(services, user.username)
+
+
+class PasswordChange(BaseModel):
+    current_password: str = Field(max_length=PASSWORD_MAX_CHARS)
+    new_password: str = Field(min_length=PASSWORD_MIN_CHARS, max_length=PASSWORD_MAX_CHARS)
+
+
+@router.post(
+    "/password",
+    responses={
+        403: {"description": "Wrong current password"},
+        429: {"description": "Too many failed logins"},
+    },
+)
+async def change_password_route(
+    request: Request,
+    body: PasswordChange,
+    identity: CurrentIdentity,
+    db: SessionDep,
+    services: ServicesDep,
+) -> TokenOut:
+    """Change your password; every earlier token stops working and open sockets close.
+
+    Answers a fresh token, so the caller stays signed in.
+    """
+    try:
+        user = await login(
+            db,
+            services.login_throttle,
+            username=identity.username,
+            password=body.current_password,
+            address=client_address(request),
+        )
+    except LoginThrottled as exc:
+        raise too_many_failures(exc) from None
+    if user is None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "wrong current password")
+    await change_password(db, user=user, password=body.new_password)
+    services.chat.disconnect_user(user.username, "password changed")
     return issue_token(services, user.username)

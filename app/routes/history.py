@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from app.chat.protocol import message_payload
 from app.chat.store import history_page
 from app.deps import CurrentIdentity, ServicesDep
-from app.schemas import HistoryOut, MessageOut, RoomId
+from app.schemas import MAX_MESSAGE_ID, HistoryOut, MessageOut, RoomId
 
 router = APIRouter()
 
@@ -23,7 +23,9 @@ async def room_history(
     before: Annotated[
         int | None, Query(ge=1, description="Only messages with a smaller id")
     ] = None,
-    after: Annotated[int | None, Query(ge=0, description="Only ids above this")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_MESSAGE_ID, description="Only ids above this")
+    ] = None,
 ) -> HistoryOut:
     """Messages of a room, oldest first.
 

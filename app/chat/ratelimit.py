@@ -1,0 +1,29 @@
+"""Token buckets: the per-user send rate limit."""
+
+from __future__ import annotations
+
+import time
+
+
+class TokenBucket:
+    """`rate` tokens a second, holding at most `burst`; rate 0 means unlimited."""
+
+    __slots__ = ("_burst", "_rate", "_stamp", "_tokens")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = float(max(burst, 1))
+        self._tokens = self._burst
+        self._stamp = time.monotonic()
+
+    def take(self) -> float:
+        """Spend one token: 0.0 when allowed, else the seconds until one is available."""
+        if self._rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / self._rate
