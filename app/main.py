@@ -12,10 +12,11 @@ from app.chat.broker import create_broker
 from app.chat.service import ChatService
 from app.config import Settings
 from app.db import create_engine, create_session_factory
+from app.headers import SecurityHeaders
 from app.logs import install_redaction
 from app.migrate import ensure_at_head
 from app.paths import resource
-from app.routes import auth, history, pages, websocket
+from app.routes import auth, history, pages, rooms, websocket
 from app.secret import load_secret_key
 from app.state import Services
 
@@ -53,7 +54,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await engine.dispose()
 
     app = FastAPI(title="chatroom", version="0.1.0", lifespan=lifespan)
-    for module in (auth, history, websocket, pages):
+    for module in (auth, history, rooms, websocket, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=resource("static")), name="static")
+    docs = (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
+    app.add_middleware(SecurityHeaders, exempt_paths=docs)
     return app

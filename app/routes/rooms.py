@@ -1,0 +1,47 @@
+"""The rooms a user can open, most recently active first (the room list of the pages)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+
+from app.chat.protocol import iso_utc
+from app.chat.rooms import recent_rooms
+from app.deps import CurrentIdentity, ServicesDep
+
+router = APIRouter()
+
+
+class RoomOut(BaseModel):
+    room: str
+    last_message_id: int
+    last_message_at: str
+    last_user: str
+
+
+class RoomsOut(BaseModel):
+    rooms: list[RoomOut]
+
+
+@router.get("/rooms", tags=["rooms"])
+async def list_rooms(
+    identity: CurrentIdentity,
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> RoomsOut:
+    """Rooms holding messages, ordered by their newest message; only those your token opens."""
+    rooms = await recent_rooms(services.sessions, limit=limit, only=identity.claims.rooms)
+    return RoomsOut(
+        rooms=[
+            RoomOut(
+                room=r.room,
+                last_message_id=r.last_message_id,
+                last_message_at=iso_utc(r.last_message_at),
+                last_user=r.last_user,
+            )
+            for r in rooms
+            if identity.may_enter(r.room)
+        ]
+    )
