@@ -1,138 +1,520 @@
-// chatroom browser client: one room socket, history replay, live messages, presence.
-// Message text is always inserted with textContent, never as HTML.
+// chatroom browser client: the recent-rooms list, and one room over a WebSocket.
+//
+// Safe by construction: every piece of text from the server or a user is inserted with
+// textContent (or as a text node), never parsed as HTML. No inline styles (the CSP forbids them).
+//
+// Reliability: the highest message id on screen is the resume point. After a drop the socket
+// reconnects with backoff and ?since=<that id>; messages are keyed by id, so a replay never
+// shows one twice. Each message sent carries a random client_msg_id; until its broadcast comes
+// back it stays on screen as "sending", and after a reconnect it is sent again unless the replay
+// shows it was already stored.
 "use strict";
 
 (() => {
-  const body = document.body;
-  const me = body.dataset.user;
-  const room = body.dataset.room;
-  const list = document.getElementById("messages");
-  const online = document.getElementById("online");
-  const statusEl = document.getElementById("status");
-  const form = document.getElementById("send-form");
-  const input = document.getElementById("body");
-  const sendButton = document.getElementById("send");
-  const sendError = document.getElementById("send-error");
+  const PAGE_SIZE = 50;             // messages per "load older" request
+  const NEAR_BOTTOM_PX = 64;        // closer than this to the end counts as "reading the end"
+  const RETRY_BASE_MS = 500;        // first reconnect delay; doubles per failed attempt
+  const RETRY_MAX_MS = 15000;       // ...up to this, with jitter so clients do not stampede
+  const COUNTER_FROM = 0.8;         // show the character counter past this share of the limit
 
-  let socket = null;
-  let lastId = null;          // highest message id shown: the resume point
-  let retry = 0;
-  const seen = new Set();     // ids on screen, so a replay never shows one twice
+  const $ = (id) => document.getElementById(id);
+  const me = document.body.dataset.user;
+  const room = document.body.dataset.room;
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  const timeFormat = new Intl.DateTimeFormat([], {hour: "2-digit", minute: "2-digit"});
+  const dayTimeFormat = new Intl.DateTimeFormat([], {
+    month: "short", day: "numeric", hour: "2-digit", minute: "2-digit",
+  });
+  const fullFormat = new Intl.DateTimeFormat([], {dateStyle: "full", timeStyle: "medium"});
+
+  function when(iso) {
+    const date = new Date(iso);
+    const today = new Date();
+    return date.toDateString() === today.toDateString()
+      ? timeFormat.format(date) : dayTimeFormat.format(date);
+  }
+
+  function hue(name) {
+    let h = 0;
+    for (const ch of name) h = (h * 31 + ch.codePointAt(0)) >>> 0;
+    return "hue-" + (h % 8);
+  }
+
+  const roomHref = (name) => "/chat/" + encodeURIComponent(name);
+  const historyUrl = (query) =>
+    `/items/${encodeURIComponent(room)}/messages?${new URLSearchParams(query)}`;
+
+  // ---------------------------------------------------------------- recent rooms
+  function roomItem(r) {
+    const link = el("a", "room-link");
+    link.href = roomHref(r.room);
+    if (r.room === room) link.setAttribute("aria-current", "page");
+    const meta = el("span", "room-meta", `${r.last_user} · ${when(r.last_message_at)}`);
+    link.append(el("span", "room-name", r.room), meta);
+    const li = el("li");
+    li.append(link);
+    return li;
+  }
+
+  async function loadRooms() {
+    const list = $("rooms");
+    const empty = $("rooms-empty");
+    try {
+      const response = await fetch("/rooms?limit=30", {headers: {accept: "application/json"}});
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const data = await response.json();
+      list.replaceChildren(...data.rooms.map(roomItem));
+      empty.hidden = data.rooms.length > 0;
+    } catch {
+      empty.textContent = "The room list could not be loaded.";
+      empty.hidden = false;
+    } finally {
+      list.removeAttribute("aria-busy");
+    }
+  }
+
+  // A message in this room makes it the most recently active one.
+  function bumpRoom(m) {
+    const list = $("rooms");
+    if (!list || list.hasAttribute("aria-busy")) return;
+    list.querySelector('[aria-current="page"]')?.closest("li").remove();
+    list.prepend(roomItem({room, last_user: m.user, last_message_at: m.created_at}));
+    $("rooms-empty").hidden = true;
+  }
+
+  if ($("rooms")) loadRooms();
+  if (!room) return;
+
+  // ---------------------------------------------------------------- the room
+  const scroller = $("scroller");
+  const list = $("messages");
+  const olderButton = $("load-older");
+  const roomStart = $("room-start");
+  const marker = $("new-marker");
+  const form = $("send-form");
+  const input = $("body");
+  const sendError = $("send-error");
+  const counter = $("counter");
+  const statusEl = $("status");
+  const statusText = $("status-text");
+  const retryButton = $("retry");
+  const onlineList = $("online");
+  const onlineCount = $("online-count");
+  const maxChars = Number(document.body.dataset.maxChars) || 4000;
+  const baseTitle = document.title;
+
+  const shown = new Map();      // message id -> its <li>: nothing is shown twice
+  let newestId = null;          // the resume point for ?since=
+  let oldestId = null;          // the cursor for "load older"
+  const pending = [];           // {cid, body, li, sent}: own messages not yet broadcast back
   const present = new Set();
+  let socket = null;
+  let ready = false;            // the current socket has replayed history: sends may go out
+  let attempt = 0;
+  let retryTimer = null;
+  let countdown = null;
+  let stopped = false;          // signed out or refused: no more reconnects
+  let unseen = 0;               // arrived while the reader was scrolled up
+  let unread = 0;               // arrived while the tab was hidden
 
-  function setStatus(text, cls) {
-    statusEl.textContent = text;
-    statusEl.className = "status " + (cls || "");
+  // -------------------------------------------------- rendering
+  function messageItem(m) {
+    const own = m.user === me;
+    const li = el("li", own ? "message own" : "message");
+    if (m.id !== undefined) li.dataset.id = String(m.id);
+    const avatar = el("span", "avatar " + hue(m.user), [...m.user][0]);
+    avatar.setAttribute("aria-hidden", "true");
+    const meta = el("div", "meta");
+    meta.append(el("span", "author", m.user));
+    if (m.created_at) {
+      const time = el("time", "", when(m.created_at));
+      time.dateTime = m.created_at;
+      time.title = fullFormat.format(new Date(m.created_at));
+      meta.append(time);
+    }
+    const bubble = el("div", "bubble");
+    bubble.append(el("div", "text", m.body));
+    li.append(avatar, meta, bubble);
+    return li;
   }
 
-  function addLine(cls, text) {
-    const li = document.createElement("li");
-    li.className = cls;
-    li.textContent = text;
-    list.append(li);
-    list.scrollTop = list.scrollHeight;
-  }
+  // Pending own messages stay last; everything else goes before them.
+  const firstPending = () => list.querySelector(".message.pending");
 
   function addMessage(m) {
-    if (seen.has(m.id)) return;
-    seen.add(m.id);
-    lastId = lastId === null ? m.id : Math.max(lastId, m.id);
-    const li = document.createElement("li");
-    li.className = "message" + (m.user === me ? " own" : "");
-    li.dataset.id = String(m.id);
-    const head = document.createElement("div");
-    head.className = "meta";
-    const who = document.createElement("span");
-    who.className = "author";
-    who.textContent = m.user;
-    const when = document.createElement("time");
-    when.dateTime = m.created_at;
-    when.textContent = new Date(m.created_at).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"});
-    head.append(who, " ", when);
-    const text = document.createElement("div");
-    text.className = "body";
-    text.textContent = m.body;
-    li.append(head, text);
-    list.append(li);
-    list.scrollTop = list.scrollHeight;
+    if (shown.has(m.id)) return false;
+    const li = messageItem(m);
+    shown.set(m.id, li);
+    if (newestId === null || m.id > newestId) {
+      list.insertBefore(li, firstPending());
+      newestId = m.id;
+    } else {
+      let next = null;
+      for (const node of list.querySelectorAll(".message[data-id]")) {
+        if (Number(node.dataset.id) > m.id) { next = node; break; }
+      }
+      list.insertBefore(li, next);
+    }
+    if (oldestId === null || m.id < oldestId) oldestId = m.id;
+    return true;
   }
+
+  function addNotice(text) {
+    list.insertBefore(el("li", "notice", text), firstPending());
+  }
+
+  const nearBottom = () =>
+    scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < NEAR_BOTTOM_PX;
+
+  function toBottom() {
+    scroller.scrollTop = scroller.scrollHeight;
+    unseen = 0;
+    marker.hidden = true;
+  }
+
+  // Add live content without yanking a reader who scrolled up: they get a marker instead.
+  function live(add, {own = false} = {}) {
+    const stick = own || nearBottom();
+    const added = add();
+    if (stick) {
+      toBottom();
+    } else if (added > 0) {
+      unseen += added;
+      marker.textContent = unseen === 1 ? "1 new message" : `${unseen} new messages`;
+      marker.hidden = false;
+    }
+    if (added > 0 && document.hidden) {
+      unread += added;
+      document.title = `(${unread}) ${baseTitle}`;
+    }
+  }
+
+  scroller.addEventListener("scroll", () => {
+    if (!marker.hidden && nearBottom()) { unseen = 0; marker.hidden = true; }
+  }, {passive: true});
+  marker.addEventListener("click", () => { toBottom(); input.focus(); });
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden) { unread = 0; document.title = baseTitle; }
+  });
 
   function renderOnline() {
-    online.replaceChildren(...[...present].sort().map((name) => {
-      const li = document.createElement("li");
-      li.textContent = name;
+    const names = [...present].sort((a, b) => a.localeCompare(b));
+    onlineList.replaceChildren(...names.map((name) => {
+      const li = el("li", "", name);
+      if (name === me) li.append(" ", el("span", "you", "(you)"));
       return li;
     }));
+    onlineCount.textContent = String(names.length);
   }
 
+  function setOlder(hasMore) {
+    olderButton.hidden = !hasMore;
+    roomStart.hidden = hasMore;
+    if (!hasMore && document.activeElement === olderButton) scroller.focus({preventScroll: true});
+  }
+
+  // -------------------------------------------------- status and errors
+  function setStatus(kind, text) {
+    statusEl.className = "status " + kind;
+    statusText.textContent = text;
+    retryButton.hidden = kind !== "offline" || stopped;
+  }
+
+  function showError(...parts) {
+    sendError.replaceChildren(...parts);
+    sendError.hidden = false;
+  }
+
+  function hideError() {
+    sendError.hidden = true;
+    sendError.replaceChildren();
+  }
+
+  const ERROR_TEXT = {
+    body_too_long: `That message is too long: the limit is ${maxChars} characters.`,
+    empty_body: "That message is empty.",
+    store_failed: "The message could not be saved. Please send it again.",
+  };
+
+  function describe(frame) {
+    let text = ERROR_TEXT[frame.code] || String(frame.detail || frame.code || "Not sent.");
+    text = text.charAt(0).toUpperCase() + text.slice(1);
+    if (!/[.!?]$/.test(text)) text += ".";
+    const wait = Number(frame.retry_after);
+    if (wait > 0) text += ` Try again in ${Math.ceil(wait)} s.`;
+    return text;
+  }
+
+  function signedOut() {
+    stop("Signed out");
+    const link = el("a", "", "Sign in again");
+    link.href = "/login?next=" + encodeURIComponent(location.pathname);
+    showError("Your session has ended. ", link, " to keep chatting.");
+  }
+
+  function refused() {
+    stop("No access");
+    showError("Your account may not open this room.");
+  }
+
+  function stop(text) {
+    stopped = true;
+    clearTimeout(retryTimer);
+    clearInterval(countdown);
+    setStatus("offline", text);
+    input.disabled = true;
+    form.querySelector("button").disabled = true;
+  }
+
+  // -------------------------------------------------- the socket
   function connect() {
+    clearTimeout(retryTimer);
+    clearInterval(countdown);
+    if (stopped || socket) return;
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     let url = `${scheme}//${location.host}/items/${encodeURIComponent(room)}/ws`;
-    if (lastId !== null) url += `?since=${lastId}`;
-    setStatus("connecting…", "connecting");
-    socket = new WebSocket(url);
-    socket.onmessage = (event) => {
-      const frame = JSON.parse(event.data);
-      switch (frame.type) {
-        case "welcome":
-          retry = 0;
-          present.clear();
-          frame.online.forEach((u) => present.add(u));
-          renderOnline();
-          setStatus("connected", "online");
-          input.disabled = false;
-          sendButton.disabled = false;
-          break;
-        case "history":
-          frame.messages.forEach(addMessage);
-          break;
-        case "message":
-          addMessage(frame);
-          break;
-        case "join":
+    const since = newestId;
+    if (since !== null) url += `?since=${since}`;
+    setStatus("connecting", attempt ? "Reconnecting…" : "Connecting…");
+    const ws = new WebSocket(url);
+    socket = ws;
+    let welcomed = false;
+    ws.addEventListener("message", (event) => {
+      if (socket !== ws) return;
+      let frame;
+      try { frame = JSON.parse(event.data); } catch { return; }
+      if (frame.type === "welcome") welcomed = true;
+      handle(ws, frame, since);
+    });
+    ws.addEventListener("close", (event) => {
+      if (socket !== ws) return;
+      socket = null;
+      ready = false;
+      markPending();
+      if (!welcomed || event.code === 1008) probe(); else retryLater();
+    });
+  }
+
+  // A refused handshake reaches browsers as close code 1006, like a server that is down: ask
+  // over HTTP whether the session or the room is the reason before trying again.
+  async function probe() {
+    try {
+      const response = await fetch(historyUrl({limit: 1}), {headers: {accept: "application/json"}});
+      if (response.status === 401) return signedOut();
+      if (response.status === 403) return refused();
+    } catch {
+      // The server is unreachable: keep trying.
+    }
+    retryLater();
+  }
+
+  function retryLater() {
+    if (stopped) return;
+    const delay = Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** attempt) * (0.5 + Math.random() / 2);
+    attempt += 1;
+    const due = Date.now() + delay;
+    const tick = () => {
+      const seconds = Math.max(1, Math.ceil((due - Date.now()) / 1000));
+      setStatus("offline", `Offline · retrying in ${seconds} s`);
+    };
+    tick();
+    countdown = setInterval(tick, 1000);
+    retryTimer = setTimeout(connect, delay);
+  }
+
+  retryButton.addEventListener("click", () => { attempt = 0; connect(); input.focus(); });
+  window.addEventListener("online", () => { if (!socket) { attempt = 0; connect(); } });
+
+  function handle(ws, frame, since) {
+    switch (frame.type) {
+      case "welcome":
+        attempt = 0;
+        present.clear();
+        for (const name of frame.online) present.add(name);
+        renderOnline();
+        setStatus("online", "Connected");
+        break;
+      case "history":
+        onHistory(ws, frame, since);
+        break;
+      case "message": {
+        const mine = settle(frame);
+        live(() => (addMessage(frame) ? 1 : 0), {own: mine});
+        bumpRoom(frame);
+        break;
+      }
+      case "join":
+        if (!present.has(frame.user)) {
           present.add(frame.user);
           renderOnline();
-          if (frame.user !== me) addLine("notice", `${frame.user} joined`);
-          break;
-        case "leave":
-          present.delete(frame.user);
+          if (frame.user !== me) live(() => { addNotice(`${frame.user} joined`); return 0; });
+        }
+        break;
+      case "leave":
+        if (present.delete(frame.user)) {
           renderOnline();
-          addLine("notice", `${frame.user} left`);
-          break;
-        case "error":
-          sendError.textContent = frame.detail;
-          sendError.hidden = false;
-          break;
+          live(() => { addNotice(`${frame.user} left`); return 0; });
+        }
+        break;
+      case "error":
+        onError(frame);
+        break;
+    }
+  }
+
+  async function onHistory(ws, frame, since) {
+    const first = shown.size === 0;
+    live(() => frame.messages.filter(addMessage).length, {own: first});
+    settleReplayed(frame.messages);
+    if (since === null) {
+      if (oldestId === null || frame.messages.some((m) => m.id === oldestId)) setOlder(frame.has_more);
+    } else if (frame.has_more) {
+      // More than one replay's worth was missed: page forward over REST.
+      let after = frame.messages.length ? frame.messages[frame.messages.length - 1].id : since;
+      for (;;) {
+        let page;
+        try {
+          const response = await fetch(historyUrl({after, limit: 200}));
+          if (!response.ok) throw new Error(`HTTP ${response.status}`);
+          page = await response.json();
+        } catch {
+          if (socket === ws) ws.close();  // start over from the newest id we have
+          return;
+        }
+        if (socket !== ws) return;
+        live(() => page.messages.filter(addMessage).length);
+        settleReplayed(page.messages);
+        if (!page.has_more || !page.messages.length) break;
+        after = page.messages[page.messages.length - 1].id;
       }
-    };
-    socket.onclose = (event) => {
-      input.disabled = true;
-      sendButton.disabled = true;
-      if (event.code === 1008) {
-        setStatus("signed out", "offline");
-        return;
-      }
-      const delay = Math.min(30000, 500 * 2 ** retry) * (0.5 + Math.random() / 2);
-      retry += 1;
-      setStatus(`reconnecting in ${Math.round(delay / 1000)} s`, "offline");
-      setTimeout(connect, delay);
-    };
+    }
+    if (socket !== ws) return;
+    ready = true;
+    for (const p of pending) transmit(p);
+    if (first && document.activeElement === document.body && matchMedia("(pointer: fine)").matches) {
+      input.focus();
+    }
+  }
+
+  // -------------------------------------------------- sending
+  function newClientMsgId() {
+    const bytes = crypto.getRandomValues(new Uint8Array(16));  // works outside HTTPS too
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  function pendingItem(text) {
+    const li = messageItem({user: me, body: text});
+    li.classList.add("pending");
+    li.querySelector(".meta").append(el("span", "state", "sending…"));
+    return li;
+  }
+
+  function markPending() {
+    for (const p of pending) {
+      p.li.querySelector(".state").textContent = "waiting for connection…";
+    }
+  }
+
+  function transmit(p) {
+    if (!ready || !socket || socket.readyState !== WebSocket.OPEN) return;
+    socket.send(JSON.stringify({type: "message", body: p.body, client_msg_id: p.cid}));
+    p.sent = true;
+    p.li.querySelector(".state").textContent = "sending…";
+  }
+
+  function drop(p) {
+    pending.splice(pending.indexOf(p), 1);
+    p.li.remove();
+  }
+
+  // The broadcast of an own message acknowledges it.
+  function settle(frame) {
+    const p = frame.client_msg_id && pending.find((x) => x.cid === frame.client_msg_id);
+    if (!p) return false;
+    drop(p);
+    return true;
+  }
+
+  // After a reconnect: a message sent just before the drop may have been stored although its
+  // broadcast never arrived. The replay shows it; match by client_msg_id when the server
+  // includes it, else by author and text.
+  function settleReplayed(messages) {
+    for (const m of messages) {
+      if (m.user !== me) continue;
+      const p = pending.find((x) => x.sent && (m.client_msg_id ? x.cid === m.client_msg_id : x.body === m.body));
+      if (p) drop(p);
+    }
+  }
+
+  // A refused frame: the error names its client_msg_id if the server says so; otherwise it is
+  // the latest message sent. Its text goes back into the box so nothing typed is lost.
+  function onError(frame) {
+    let p = frame.client_msg_id && pending.find((x) => x.cid === frame.client_msg_id);
+    if (!p) p = [...pending].reverse().find((x) => x.sent);
+    if (p) {
+      drop(p);
+      if (!input.value.trim()) { input.value = p.body; updateCounter(); }
+    }
+    showError(describe(frame));
+  }
+
+  function updateCounter() {
+    const n = [...input.value.trim()].length;
+    counter.hidden = n < maxChars * COUNTER_FROM;
+    counter.textContent = `${n} / ${maxChars}`;
+    counter.classList.toggle("over", n > maxChars);
   }
 
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     const text = input.value.trim();
-    if (!text || !socket || socket.readyState !== WebSocket.OPEN) return;
-    socket.send(JSON.stringify({type: "message", body: text}));
+    if (!text || stopped) return;
+    hideError();
+    const p = {cid: newClientMsgId(), body: text, li: pendingItem(text), sent: false};
+    pending.push(p);
+    live(() => { list.append(p.li); return 0; }, {own: true});
     input.value = "";
-    sendError.hidden = true;
+    updateCounter();
+    if (ready) transmit(p); else p.li.querySelector(".state").textContent = "waiting for connection…";
   });
+
   input.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey) {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
       form.requestSubmit();
     }
   });
+  input.addEventListener("input", updateCounter);
 
-  if (room) connect();
+  // -------------------------------------------------- older history over REST
+  olderButton.addEventListener("click", async () => {
+    if (oldestId === null) return;
+    olderButton.disabled = true;
+    olderButton.textContent = "Loading…";
+    try {
+      const response = await fetch(historyUrl({before: oldestId, limit: PAGE_SIZE}));
+      if (response.status === 401) return signedOut();
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const page = await response.json();
+      const height = scroller.scrollHeight;
+      const top = scroller.scrollTop;
+      page.messages.forEach(addMessage);
+      setOlder(page.has_more);
+      scroller.scrollTop = top + (scroller.scrollHeight - height);  // keep the reader's place
+    } catch {
+      showError("Older messages could not be loaded. Try again.");
+    } finally {
+      olderButton.disabled = false;
+      olderButton.textContent = "Load older messages";
+    }
+  });
+
+  connect();
 })();

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import httpx
 
-from tests.conftest import PASSWORD, LiveServer, register
+from app.security import create_access_token
+from tests.conftest import PASSWORD, SECRET, LiveServer, join, register
 
 
 async def test_login_form_and_bad_login(http: httpx.AsyncClient) -> None:
@@ -82,3 +83,70 @@ async def test_room_form_without_javascript(server: LiveServer) -> None:
         await http.post("/login", data={"username": "alice", "password": PASSWORD})
         response = await http.get("/chat?room=doc:15")
         assert response.headers["location"] == "/chat/doc:15"
+
+
+async def test_room_form_explains_a_bad_item_id(server: LiveServer) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        await register(http, "alice")
+        await http.post("/login", data={"username": "alice", "password": PASSWORD})
+        response = await http.get("/chat", params={"room": "no spaces please"})
+        assert response.status_code == 400
+        assert "Item ids are 1 to 64 letters" in response.text
+        assert 'value="no spaces please"' in response.text
+
+
+async def test_register_names_the_field_at_fault_and_keeps_next(server: LiveServer) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        short = await http.post("/register", data={"username": "dave", "password": "short"})
+        assert short.status_code == 400 and "Passwords are 8 to" in short.text
+        assert 'value="dave"' in short.text
+        ok = await http.post(
+            "/register",
+            data={"username": "dave", "password": PASSWORD, "next": "/chat/ticket-3"},
+        )
+        assert ok.status_code == 303 and ok.headers["location"] == "/chat/ticket-3"
+
+
+async def test_pages_carry_a_strict_content_security_policy(http: httpx.AsyncClient) -> None:
+    for path in ("/login", "/register", "/static/chat.js", "/healthz"):
+        response = await http.get(path)
+        policy = response.headers["content-security-policy"]
+        assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+        assert "frame-ancestors 'none'" in policy
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["referrer-policy"] == "same-origin"
+    page = (await http.get("/login")).text
+    assert "<script>" not in page and " style=" not in page and " on" + "click=" not in page
+    # FastAPI's API docs load Swagger UI from a CDN: exempt from the policy, nothing else.
+    docs = await http.get("/docs")
+    assert "content-security-policy" not in docs.headers
+    assert docs.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_rooms_lists_active_rooms_newest_first(server: LiveServer) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        token = await register(http, "alice")
+        assert (await http.get("/rooms")).status_code == 401
+        headers = {"Authorization": f"Bearer {token}"}
+        empty = await http.get("/rooms", headers=headers)
+        assert empty.status_code == 200 and empty.json() == {"rooms": []}
+        for room in ("a", "b", "c", "a"):
+            client = await join(server, room, token)
+            await client.send(f"in {room}")
+            await client.recv_type("message")
+            await client.close()
+        body = (await http.get("/rooms", headers=headers)).json()
+        assert [r["room"] for r in body["rooms"]] == ["a", "c", "b"]
+        first = body["rooms"][0]
+        assert first["last_user"] == "alice" and first["last_message_at"].endswith("Z")
+        assert first["last_message_id"] > body["rooms"][1]["last_message_id"]
+        limited = (await http.get("/rooms", params={"limit": 1}, headers=headers)).json()
+        assert [r["room"] for r in limited["rooms"]] == ["a"]
+        assert (await http.get("/rooms", params={"limit": 0}, headers=headers)).status_code == 422
+        # A token limited to some rooms lists only those.
+        narrow = create_access_token("alice", key=SECRET, minutes=5, rooms=["b", "zzz"])
+        only = await http.get("/rooms", headers={"Authorization": f"Bearer {narrow}"})
+        assert [r["room"] for r in only.json()["rooms"]] == ["b"]
+        nothing = create_access_token("alice", key=SECRET, minutes=5, rooms=[])
+        none = await http.get("/rooms", headers={"Authorization": f"Bearer {nothing}"})
+        assert none.json() == {"rooms": []}

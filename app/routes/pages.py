@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Form, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -12,7 +13,14 @@ from fastapi.templating import Jinja2Templates
 from app.deps import SESSION_COOKIE, Identity, ServicesDep, SessionDep, optional_identity
 from app.paths import resource
 from app.routes.auth import issue_token
-from app.schemas import PASSWORD_MIN_CHARS, ROOM_PATTERN, Credentials, RoomId
+from app.schemas import (
+    PASSWORD_MAX_CHARS,
+    PASSWORD_MIN_CHARS,
+    ROOM_PATTERN,
+    USERNAME_PATTERN,
+    Credentials,
+    RoomId,
+)
 from app.state import Services
 from app.users import UsernameTaken, authenticate, create_user
 
@@ -87,10 +95,32 @@ async def login(
 
 
 @router.get("/register")
-async def register_form(request: Request, services: ServicesDep) -> Response:
+async def register_form(request: Request, services: ServicesDep, next: str = "/chat") -> Response:
     if not services.settings.open_registration:
         return _render(request, "closed.html", status.HTTP_403_FORBIDDEN)
-    return _render(request, "register.html", min_password=PASSWORD_MIN_CHARS)
+    return _register_page(request, next=next)
+
+
+def _register_page(
+    request: Request,
+    code: int = status.HTTP_200_OK,
+    *,
+    next: str,
+    username: str = "",
+    error: str | None = None,
+    error_field: str | None = None,
+) -> Response:
+    return _render(
+        request,
+        "register.html",
+        code,
+        next=_safe_next(next),
+        username=username,
+        error=error,
+        error_field=error_field,
+        min_password=PASSWORD_MIN_CHARS,
+        max_password=PASSWORD_MAX_CHARS,
+    )
 
 
 @router.post("/register")
@@ -100,32 +130,43 @@ async def register(
     db: SessionDep,
     username: Annotated[str, Form()] = "",
     password: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = "/chat",
 ) -> Response:
     if not services.settings.open_registration:
         return _render(request, "closed.html", status.HTTP_403_FORBIDDEN)
-    error = None
+    bad = status.HTTP_400_BAD_REQUEST
+    if not re.fullmatch(USERNAME_PATTERN, username):
+        return _register_page(
+            request,
+            bad,
+            next=next,
+            username=username,
+            error="Usernames are 3 to 32 letters, digits, '.', '_' or '-'.",
+            error_field="username",
+        )
     try:
         credentials = Credentials(username=username, password=password)
     except ValueError:
-        error = (
-            "Usernames are 3 to 32 letters, digits, '.', '_' or '-'; "
-            f"passwords at least {PASSWORD_MIN_CHARS} characters."
-        )
-    else:
-        try:
-            await create_user(db, username=credentials.username, password=credentials.password)
-        except UsernameTaken:
-            error = "That username is taken."
-    if error is not None:
-        return _render(
+        return _register_page(
             request,
-            "register.html",
-            status.HTTP_400_BAD_REQUEST if "taken" not in error else status.HTTP_409_CONFLICT,
-            error=error,
+            bad,
+            next=next,
             username=username,
-            min_password=PASSWORD_MIN_CHARS,
+            error=f"Passwords are {PASSWORD_MIN_CHARS} to {PASSWORD_MAX_CHARS} characters.",
+            error_field="password",
         )
-    return _signed_in(request, services, username, "/chat")
+    try:
+        await create_user(db, username=credentials.username, password=credentials.password)
+    except UsernameTaken:
+        return _register_page(
+            request,
+            status.HTTP_409_CONFLICT,
+            next=next,
+            username=username,
+            error="That username is taken.",
+            error_field="username",
+        )
+    return _signed_in(request, services, credentials.username, next)
 
 
 @router.post("/logout")
@@ -136,19 +177,51 @@ async def logout() -> Response:
 
 
 @router.get("/chat")
-async def chat_home(request: Request, identity: BrowserUser, room: str = "") -> Response:
-    if room and re.fullmatch(ROOM_PATTERN, room):
+async def chat_home(
+    request: Request, services: ServicesDep, identity: BrowserUser, room: str | None = None
+) -> Response:
+    if room is None:
+        return _chat_page(request, services, identity, room="")
+    room = room.strip()
+    if re.fullmatch(ROOM_PATTERN, room):
         # The room form works without JavaScript: /chat?room=x -> /chat/x.
         return RedirectResponse(f"/chat/{room}", status.HTTP_303_SEE_OTHER)
-    return _chat_page(request, identity, room="")
+    return _chat_page(
+        request,
+        services,
+        identity,
+        room="",
+        code=status.HTTP_400_BAD_REQUEST,
+        room_query=room,
+        room_error="Item ids are 1 to 64 letters, digits, '.', '_', ':' or '-'.",
+    )
 
 
 @router.get("/chat/{item_id}")
-async def chat_room(request: Request, identity: BrowserUser, item_id: RoomId) -> Response:
-    return _chat_page(request, identity, room=item_id)
+async def chat_room(
+    request: Request, services: ServicesDep, identity: BrowserUser, item_id: RoomId
+) -> Response:
+    return _chat_page(request, services, identity, room=item_id)
 
 
-def _chat_page(request: Request, identity: Identity | None, *, room: str) -> Response:
+def _chat_page(
+    request: Request,
+    services: Services,
+    identity: Identity | None,
+    *,
+    room: str,
+    code: int = status.HTTP_200_OK,
+    **context: Any,
+) -> Response:
     if identity is None:
-        return RedirectResponse(f"/login?next={request.url.path}", status.HTTP_303_SEE_OTHER)
-    return _render(request, "chat.html", user=identity.username, room=room)
+        target = quote(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
+        return RedirectResponse(f"/login?next={target}", status.HTTP_303_SEE_OTHER)
+    return _render(
+        request,
+        "chat.html",
+        code,
+        user=identity.username,
+        room=room,
+        max_chars=services.settings.max_message_chars,
+        **context,
+    )
