@@ -1,0 +1,104 @@
+"""Signing up, in and out, and finding a room, as a person in a browser does it."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+
+from tests.browser.conftest import LOOP, Browsers, OpenPoster
+from tests.conftest import PASSWORD, LiveServer
+
+try:
+    from playwright.async_api import expect
+except ImportError:  # the playwright fixture skips (or, in CI, fails) with the reason
+    pass
+
+pytestmark = [pytest.mark.browser, LOOP]
+
+
+async def test_register_sign_out_and_in_with_clear_errors(browsers: Browsers) -> None:
+    await browsers.token("alice")  # taken
+    page = await browsers.new_page()
+    await page.goto("/chat/ticket-9")
+    await expect(page).to_have_url(re.compile(r"/login\?next=/chat/ticket-9$"))
+    await page.get_by_role("link", name="Create one").click()
+
+    await page.get_by_label("Username").fill("alice")
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Create account").click()
+    await expect(page.get_by_role("alert")).to_have_text("That username is taken.")
+    await expect(page.get_by_label("Username")).to_have_value("alice")
+
+    await page.get_by_label("Username").fill("carol")
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Create account").click()
+    # Registration signs in and goes on to the room the visitor first asked for.
+    await expect(page).to_have_url(re.compile(r"/chat/ticket-9$"))
+    await expect(page.locator("#status")).to_have_text("Connected")
+    await expect(page.locator(".me")).to_contain_text("carol")
+
+    await page.get_by_role("button", name="Log out").click()
+    await expect(page).to_have_url(re.compile(r"/login$"))
+    await page.get_by_label("Username").fill("carol")
+    await page.get_by_label("Password").fill("not the password")
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("alert")).to_have_text("Wrong username or password.")
+
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page).to_have_url(re.compile(r"/chat$"))
+    await expect(page.get_by_role("heading", name="Hello, carol")).to_be_visible()
+
+
+async def test_logout_ends_access(browsers: Browsers, server: LiveServer) -> None:
+    page = await browsers.open_room("alice", "ticket-1")
+    await page.get_by_role("button", name="Log out").click()
+    await expect(page).to_have_url(re.compile(r"/login$"))
+    assert not [c for c in await page.context.cookies() if c["name"] == "session"]
+    # The room page, the room list and the history all refuse the signed-out browser.
+    await page.goto("/chat/ticket-1")
+    await expect(page).to_have_url(re.compile(r"/login\?next=/chat/ticket-1$"))
+    assert (await page.request.get("/rooms")).status == 401
+    assert (await page.request.get("/items/ticket-1/messages")).status == 401
+    # So does the room's socket.
+    outcome = await page.evaluate(
+        """() => new Promise((resolve) => {
+            const ws = new WebSocket(`ws://${location.host}/items/ticket-1/ws`);
+            ws.onopen = () => resolve("open");
+            ws.onclose = () => resolve("refused");
+        })"""
+    )
+    assert outcome == "refused"
+    async with httpx.AsyncClient(base_url=server.url) as http:  # the account still works
+        response = await http.post("/login", data={"username": "alice", "password": PASSWORD})
+        assert response.is_redirect
+
+
+async def test_room_list_orders_by_activity_and_opens_rooms_by_id(
+    browsers: Browsers, server: LiveServer, poster: OpenPoster
+) -> None:
+    token = await browsers.token("bob")
+    for room in ("ticket-1", "doc:15", "ticket-2", "ticket-1"):
+        await (await poster(server, room, token)).say(f"hello {room}")
+
+    page = await browsers.new_page("alice")
+    await page.goto("/chat")
+    await expect(page.locator("#rooms .room-name")).to_have_text(["ticket-1", "ticket-2", "doc:15"])
+    await expect(page.locator("#rooms .room-link").first).to_contain_text("bob")
+
+    await page.locator("#rooms .room-link", has_text="doc:15").click()
+    await expect(page).to_have_url(re.compile(r"/chat/doc(:|%3A)15$"))
+    await expect(page.locator(".message .text")).to_have_text(["hello doc:15"])
+    await expect(page.locator('#rooms [aria-current="page"]')).to_contain_text("doc:15")
+
+    # Any item's room by id; the address names the room, so it can be bookmarked and shared.
+    await page.get_by_label("Open a room by item id").fill("product-77")
+    await page.get_by_label("Open a room by item id").press("Enter")
+    await expect(page).to_have_url(re.compile(r"/chat/product-77$"))
+    await expect(page.locator("#status")).to_have_text("Connected")
+    await expect(page.locator("#room-start")).to_be_visible()
+    shared = await browsers.new_page("bob")
+    await shared.goto(page.url)
+    await expect(shared.get_by_role("heading", name="product-77")).to_be_visible()
