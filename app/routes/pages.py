@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -12,7 +13,7 @@ from fastapi.templating import Jinja2Templates
 
 from app.deps import SESSION_COOKIE, Identity, ServicesDep, SessionDep, optional_identity
 from app.paths import resource
-from app.routes.auth import issue_token
+from app.routes.auth import client_address, issue_token
 from app.schemas import (
     PASSWORD_MAX_CHARS,
     PASSWORD_MIN_CHARS,
@@ -22,7 +23,9 @@ from app.schemas import (
     RoomId,
 )
 from app.state import Services
-from app.users import UsernameTaken, authenticate, create_user
+from app.throttle import LoginThrottled
+from app.users import UsernameTaken, create_user
+from app.users import login as login_user
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=resource("templates"))
@@ -80,18 +83,32 @@ async def login(
     password: Annotated[str, Form()] = "",
     next: Annotated[str, Form()] = "/chat",
 ) -> Response:
-    user = await authenticate(db, username=username, password=password)
-    if user is None:
-        return _render(
-            request,
-            "login.html",
-            status.HTTP_401_UNAUTHORIZED,
-            error="Wrong username or password.",
+    try:
+        user = await login_user(
+            db,
+            services.login_throttle,
             username=username,
-            next=_safe_next(next),
-            open_registration=services.settings.open_registration,
+            password=password,
+            address=client_address(request),
         )
-    return _signed_in(request, services, user.username, next)
+    except LoginThrottled as exc:
+        code, error = (
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            (f"Too many failed sign-ins. Try again in {math.ceil(exc.retry_after)} seconds."),
+        )
+    else:
+        if user is not None:
+            return _signed_in(request, services, user.username, next)
+        code, error = status.HTTP_401_UNAUTHORIZED, "Wrong username or password."
+    return _render(
+        request,
+        "login.html",
+        code,
+        error=error,
+        username=username,
+        next=_safe_next(next),
+        open_registration=services.settings.open_registration,
+    )
 
 
 @router.get("/register")
