@@ -16,6 +16,9 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite+aiosqlite:///./chatroom.db"
     broker_url: str = "memory://"
+    # With a redis:// broker: a worker that stops renewing (killed) drops out of presence,
+    # and its users are announced as gone, within this time.
+    presence_ttl_seconds: float = Field(default=15.0, gt=0)
     # None: read from / generate into secret_key_file (see app/secret.py).
     secret_key: str | None = None
     secret_key_file: Path | None = None

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app.chat.broker import create_broker
+from app.chat.presence import create_presence
 from app.chat.service import ChatService
 from app.config import Settings
 from app.db import create_engine, create_session_factory
@@ -18,7 +19,9 @@ from app.migrate import ensure_at_head
 from app.paths import resource
 from app.routes import auth, history, pages, rooms, websocket
 from app.secret import load_secret_key
+from app.shutdown import install_graceful_stop
 from app.state import Services
+from app.throttle import LoginThrottle
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -37,6 +40,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 engine=engine,
                 sessions=sessions,
                 broker=create_broker(settings.broker_url),
+                presence=create_presence(
+                    settings.broker_url, ttl_seconds=settings.presence_ttl_seconds
+                ),
             )
             await chat.start()
             services = Services(
@@ -45,10 +51,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 sessions=sessions,
                 secret_key=load_secret_key(settings),
                 chat=chat,
+                login_throttle=LoginThrottle(
+                    per_username=settings.login_failures_per_username,
+                    per_address=settings.login_failures_per_address,
+                    window_seconds=settings.login_lockout_seconds,
+                ),
             )
+            uninstall = install_graceful_stop(chat.stop)
             try:
                 yield {"services": services}
             finally:
+                uninstall()
                 await chat.stop()
         finally:
             await engine.dispose()

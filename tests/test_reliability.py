@@ -197,10 +197,10 @@ async def test_store_failure_is_reported_and_nothing_is_broadcast(
     bob = await join(server, "r1", await register(http, "bob"))
     real_insert = MessageWriter._insert
 
-    async def failing_insert(self: MessageWriter, batch: list[Any]) -> Any:
+    async def failing_insert(self: MessageWriter, connection: Any, batch: list[Any]) -> Any:
         if any("doomed" in pending.body for pending in batch):
             raise OperationalError("INSERT", {}, Exception("database is locked"))
-        return await real_insert(self, batch)
+        return await real_insert(self, connection, batch)
 
     monkeypatch.setattr(MessageWriter, "_insert", failing_insert)
     await alice.send("doomed message")

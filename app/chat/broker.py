@@ -6,17 +6,31 @@ Backends are chosen by URL scheme and imported lazily so the default install nee
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol
 
 from app.chat.hub import Frame
 
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+logger = logging.getLogger("chatroom.broker")
+
 Deliver = Callable[[str, Frame], None]
+Resubscribed = Callable[[], Awaitable[None]]
+
+RECONNECT_MAX_SECONDS = 5.0  # back-off ceiling while Redis is unreachable
 
 
 class Broker(Protocol):
-    async def start(self, deliver: Deliver) -> None:
-        """Begin handing every published frame to deliver(room, frame)."""
+    async def start(self, deliver: Deliver, resubscribed: Resubscribed) -> None:
+        """Begin handing every published frame to deliver(room, frame).
+
+        resubscribed() runs after a lost subscription is back, before new frames flow, so the
+        caller can re-read what was published meanwhile.
+        """
 
     async def publish(self, room: str, frame: Frame) -> None:
         """Send frame to every subscriber of room, in publish order."""
@@ -30,7 +44,7 @@ class MemoryBroker:
     def __init__(self) -> None:
         self._deliver: Deliver | None = None
 
-    async def start(self, deliver: Deliver) -> None:
+    async def start(self, deliver: Deliver, resubscribed: Resubscribed) -> None:
         self._deliver = deliver
 
     async def publish(self, room: str, frame: Frame) -> None:
@@ -41,8 +55,84 @@ class MemoryBroker:
         self._deliver = None
 
 
+class RedisBroker:
+    """Redis pub/sub: every worker hears every room (one pattern subscription).
+
+    A frame travels as "<message id or empty>:<text>". Redis pub/sub is at-most-once: frames
+    published while a subscription is down are lost, which is why resubscribed() exists.
+    Every frame, a worker's own included, comes back through Redis, so all workers see one
+    order per room (see app/chat/ordering.py for how publishes are ordered).
+    """
+
+    def __init__(self, redis: Redis, *, prefix: str = "chatroom:") -> None:
+        self._redis = redis
+        self._channel_prefix = f"{prefix}room:"
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, deliver: Deliver, resubscribed: Resubscribed) -> None:
+        ready = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(
+            self._listen(deliver, resubscribed, ready), name="chatroom-redis-listener"
+        )
+        await ready  # subscribed: nothing published from now on is missed
+
+    async def publish(self, room: str, frame: Frame) -> None:
+        message_id = "" if frame.message_id is None else str(frame.message_id)
+        await self._redis.publish(self._channel_prefix + room, f"{message_id}:{frame.text}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._redis.aclose()
+
+    async def _listen(
+        self, deliver: Deliver, resubscribed: Resubscribed, ready: asyncio.Future[None]
+    ) -> None:
+        delay, lost = 0.1, False
+        prefix_length = len(self._channel_prefix)
+        while True:
+            try:
+                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.psubscribe(self._channel_prefix + "*")
+                    if not ready.done():
+                        ready.set_result(None)
+                    if lost:
+                        logger.warning("Redis subscription restored; catching up from the store")
+                        await resubscribed()
+                    delay, lost = 0.1, False
+                    async for message in pubsub.listen():
+                        if message["type"] != "pmessage":
+                            continue
+                        room = message["channel"][prefix_length:]
+                        message_id, _, text = message["data"].partition(":")
+                        deliver(room, Frame(text, int(message_id) if message_id else None))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Loud, and retried for ever: a worker must outlive a Redis restart.
+                logger.error("Redis subscription lost (%s); retrying in %.1f s", exc, delay)
+                lost = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+
+
 def create_broker(url: str) -> Broker:
     scheme = url.split(":", 1)[0]
     if scheme == "memory":
         return MemoryBroker()
-    raise ValueError(f"unsupported CHATROOM_BROKER_URL scheme {scheme!r}; use memory://")
+    if scheme in ("redis", "rediss", "unix"):
+        return RedisBroker(redis_client(url))
+    raise ValueError(
+        f"unsupported CHATROOM_BROKER_URL scheme {scheme!r}; use memory:// or redis://"
+    )
+
+
+def redis_client(url: str) -> Redis:
+    try:
+        from redis.asyncio import Redis
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise RuntimeError("a redis:// broker needs `pip install 'chatroom[redis]'`") from exc
+    return Redis.from_url(
+        url, decode_responses=True, health_check_interval=10, socket_connect_timeout=5
+    )

@@ -44,15 +44,26 @@ class Connection:
         self._outbox_bytes = 0
         self._wakeup = asyncio.Event()
         self._skip_through = 0
+        # Highest message id queued or replayed to this socket; set by run_sender at first.
+        self.last_message_id = 0
+        self.started = False
         # Set when the hub gives up on this connection: the close code to send.
         self.close_code: int | None = None
         self.close_reason = ""
         self.aborted = asyncio.Event()
 
     def offer(self, frame: Frame) -> bool:
-        """Queue frame; False when the outbox is over its limits (0 means no limit)."""
+        """Queue frame; False when the outbox is over its limits (0 means no limit).
+
+        A chat message at or below the last one queued is a repeat (a replay after a broker
+        outage overlaps what was delivered) and is dropped.
+        """
         if self.close_code is not None:
             return True
+        if frame.message_id is not None:
+            if frame.message_id <= self.last_message_id:
+                return True
+            self.last_message_id = frame.message_id
         self._outbox.append(frame)
         self._outbox_bytes += len(frame.text)
         if (self._max_frames and len(self._outbox) > self._max_frames) or (
@@ -79,6 +90,8 @@ class Connection:
         they are dropped here so the client sees each message exactly once.
         """
         self._skip_through = skip_through
+        self.last_message_id = max(self.last_message_id, skip_through)
+        self.started = True
         while True:
             while not self._outbox:
                 if self.close_code is not None:
@@ -125,9 +138,6 @@ class Hub:
             del self._presence[connection.room]
         return True
 
-    def online(self, room: str) -> list[str]:
-        return sorted(self._presence.get(room, ()))
-
     def connections(self, room: str) -> list[Connection]:
         return list(self._rooms.get(room, ()))
 
@@ -137,6 +147,15 @@ class Hub:
     @property
     def rooms(self) -> list[str]:
         return list(self._rooms)
+
+    def members(self) -> list[tuple[str, str]]:
+        """(room, user) for every user with a socket here."""
+        return [(room, user) for room, counts in self._presence.items() for user in counts]
+
+    def resume_point(self, room: str) -> int | None:
+        """The highest id every live socket of room has been given (None: none is live)."""
+        points = [c.last_message_id for c in self._rooms.get(room, ()) if c.started]
+        return min(points) if points else None
 
     def deliver(self, room: str, frame: Frame) -> None:
         """Queue frame for every connection of room; overflowing ones are aborted with 1013."""

@@ -11,13 +11,15 @@ import contextlib
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from app.chat.broker import Broker
+from app.chat.broker import Broker, MemoryBroker
 from app.chat.hub import Connection, Frame, Hub
+from app.chat.ordering import create_room_lock
+from app.chat.presence import Presence
 from app.chat.protocol import (
     FrameError,
     encode,
@@ -52,12 +54,17 @@ class ChatService:
         engine: AsyncEngine,
         sessions: async_sessionmaker[AsyncSession],
         broker: Broker,
+        presence: Presence,
     ) -> None:
         self.settings = settings
         self.hub = Hub()
         self.broker = broker
+        self.presence = presence
         self.sessions = sessions
-        self.writer = MessageWriter(engine, self._publish_committed)
+        room_lock = create_room_lock(
+            settings.database_url, shared=not isinstance(broker, MemoryBroker)
+        )
+        self.writer = MessageWriter(engine, self._publish_committed, room_lock)
         # Per user, across their sockets in this process.
         self._sockets_of: Counter[str] = Counter()
         self._buckets: dict[str, TokenBucket] = {}
@@ -65,7 +72,8 @@ class ChatService:
         self._stopped = False
 
     async def start(self) -> None:
-        await self.broker.start(self.hub.deliver)
+        await self.broker.start(self.hub.deliver, self._catch_up)
+        await self.presence.start(self.hub.members, self._announce)
         self.writer.start()
 
     async def stop(self) -> None:
@@ -77,6 +85,7 @@ class ChatService:
         self._abort_all(lambda _: True, CLOSE_GOING_AWAY, "server shutting down")
         if self._serving:
             await asyncio.wait(self._serving, timeout=CLOSE_TIMEOUT_SECONDS + 1)
+        await self.presence.stop()
         await self.broker.stop()
 
     def disconnect_user(self, user: str, reason: str) -> None:
@@ -88,6 +97,44 @@ class ChatService:
             for connection in self.hub.connections(room):
                 if which(connection):
                     connection.abort(code, reason)
+
+    async def _catch_up(self) -> None:
+        """After a broker outage: hand each local room what was stored meanwhile."""
+        for room in self.hub.rooms:
+            after = self.hub.resume_point(room)
+            if after is None:
+                continue
+            messages, more = await history_page(
+                self.sessions, room=room, limit=SINCE_REPLAY_LIMIT, after=after
+            )
+            if more:
+                logger.warning(
+                    "%s: more than %d missed; clients resume with since", room, len(messages)
+                )
+            for message in messages:
+                self.hub.deliver(room, Frame(encode(message_payload(message)), message.id))
+
+    async def _announce(self, kind: str, room: str, user: str) -> None:
+        try:
+            await self.broker.publish(room, Frame(presence_frame(kind, room=room, user=user)))
+        except Exception as exc:  # the broker is down; presence heals when it is back
+            logger.warning("could not announce %s of %s in %s: %s", kind, user, room, exc)
+
+    async def _presence(
+        self, change: Callable[[str, str], Awaitable[bool]], room: str, user: str
+    ) -> bool:
+        try:
+            return await change(room, user)
+        except Exception as exc:
+            logger.warning("presence of %s in %s not recorded: %s", user, room, exc)
+            return False
+
+    async def _online(self, room: str, user: str) -> list[str]:
+        try:
+            return await self.presence.online(room)
+        except Exception as exc:
+            logger.warning("presence of %s unavailable: %s", room, exc)
+            return sorted({c.user for c in self.hub.connections(room)} | {user})
 
     async def _publish_committed(self, messages: Sequence[Message]) -> None:
         for message in messages:
@@ -146,26 +193,26 @@ class ChatService:
         )
         # Registered before the history query: whatever is committed from now on is queued,
         # and the sender drops what the replay already held, so nothing is missed or doubled.
-        first = self.hub.add(connection)
+        first_here = self.hub.add(connection)
         try:
+            first = first_here and await self._presence(self.presence.join, room, user)
             messages, has_more = await self._replay(room, since)
-            await websocket.send_text(
-                welcome_frame(user=user, room=room, online=self.hub.online(room))
-            )
+            online = await self._online(room, user)
+            await websocket.send_text(welcome_frame(user=user, room=room, online=online))
             await websocket.send_text(
                 history_frame(room=room, messages=messages, has_more=has_more)
             )
             if first:
-                await self.broker.publish(room, Frame(presence_frame("join", room=room, user=user)))
+                await self._announce("join", room, user)
             skip_through = messages[-1].id if messages else (since or 0)
             await self._pump(websocket, connection, skip_through, expires_at)
         except WebSocketDisconnect:
             pass
         finally:
-            if self.hub.remove(connection):
-                await self.broker.publish(
-                    room, Frame(presence_frame("leave", room=room, user=user))
-                )
+            if self.hub.remove(connection) and await self._presence(
+                self.presence.leave, room, user
+            ):
+                await self._announce("leave", room, user)
             if connection.close_code is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(

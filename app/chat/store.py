@@ -16,6 +16,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.chat.ordering import LocalOnly, RoomLock
 from app.db import IMMEDIATE
 from app.models import Message, utcnow
 
@@ -80,9 +81,12 @@ class _Pending:
 class MessageWriter:
     """The single writer of messages in this process."""
 
-    def __init__(self, engine: AsyncEngine, on_commit: OnCommit) -> None:
+    def __init__(
+        self, engine: AsyncEngine, on_commit: OnCommit, room_lock: RoomLock | None = None
+    ) -> None:
         self._engine = engine
         self._on_commit = on_commit
+        self._room_lock = room_lock or LocalOnly()
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -129,7 +133,10 @@ class MessageWriter:
 
     async def _write(self, batch: list[_Pending]) -> None:
         try:
-            results = await self._insert(batch)
+            async with self._engine.connect() as connection:
+                async with self._room_lock.hold(connection, {p.room for p in batch}):
+                    results = await self._insert(connection, batch)
+                    await self._publish([r.message for r in results if not r.duplicate])
         except Exception as exc:
             if len(batch) > 1 and not isinstance(exc, OperationalError):
                 # Not the database as a whole (locked, read-only, full) but something in one
@@ -143,44 +150,46 @@ class MessageWriter:
                 if not pending.future.done():
                     pending.future.set_exception(StoreFailed(str(exc)))
             return
-        try:
-            await self._on_commit([r.message for r in results if not r.duplicate])
-        except Exception:
-            # Stored but not fanned out: clients recover it from history with `since`.
-            logger.exception("publishing stored messages failed")
         for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(result)
 
-    async def _insert(self, batch: list[_Pending]) -> list[Stored]:
+    async def _publish(self, messages: list[Message]) -> None:
+        try:
+            await self._on_commit(messages)
+        except Exception:
+            # Stored but not fanned out (the broker is down): workers re-read what they
+            # missed when it comes back, and clients can always resume with `since`.
+            logger.exception("publishing %d stored message(s) failed", len(messages))
+
+    async def _insert(self, connection: AsyncConnection, batch: list[_Pending]) -> list[Stored]:
         now = utcnow()
-        async with self._engine.connect() as connection:
-            connection = await connection.execution_options(**IMMEDIATE)
-            async with connection.begin():
-                # Inside the write transaction, so no other writer can slip a resend in.
-                known = await _stored_resends(connection, batch)
-                fresh: dict[tuple[str, str | None], _Pending] = {}
-                rows = []
-                for pending in batch:
-                    key = (pending.author, pending.client_msg_id)
-                    if pending.client_msg_id is None or (key not in known and key not in fresh):
-                        if pending.client_msg_id is not None:
-                            fresh[key] = pending
-                        rows.append(pending)
-                ids: Sequence[int] = []
-                if rows:
-                    statement = insert(Message).returning(Message.id, sort_by_parameter_order=True)
-                    values = [
-                        {
-                            "room": p.room,
-                            "author": p.author,
-                            "body": p.body,
-                            "client_msg_id": p.client_msg_id,
-                            "created_at": now,
-                        }
-                        for p in rows
-                    ]
-                    ids = (await connection.execute(statement, values)).scalars().all()
+        connection = await connection.execution_options(**IMMEDIATE)
+        async with connection.begin():
+            # Inside the write transaction, so no other writer can slip a resend in.
+            known = await _stored_resends(connection, batch)
+            fresh: dict[tuple[str, str | None], _Pending] = {}
+            rows = []
+            for pending in batch:
+                key = (pending.author, pending.client_msg_id)
+                if pending.client_msg_id is None or (key not in known and key not in fresh):
+                    if pending.client_msg_id is not None:
+                        fresh[key] = pending
+                    rows.append(pending)
+            ids: Sequence[int] = []
+            if rows:
+                statement = insert(Message).returning(Message.id, sort_by_parameter_order=True)
+                values = [
+                    {
+                        "room": p.room,
+                        "author": p.author,
+                        "body": p.body,
+                        "client_msg_id": p.client_msg_id,
+                        "created_at": now,
+                    }
+                    for p in rows
+                ]
+                ids = (await connection.execute(statement, values)).scalars().all()
         inserted = {
             id(p): Message(
                 id=id_,
