@@ -144,3 +144,12 @@ async def test_oversized_frame_closes_1009_and_others_carry_on(
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
     await bob.send("after the flood")
     assert (await bob.recv_type("message"))["body"] == "after the flood"
+
+
+async def test_refusal_names_the_send_it_refuses(
+    server: LiveServer, http: httpx.AsyncClient
+) -> None:
+    alice = await join(server, "r1", await register(http, "alice"))
+    await alice.send("x" * 4001, client_msg_id="draft-7")
+    error = await alice.recv_type("error")
+    assert (error["code"], error["client_msg_id"]) == ("body_too_long", "draft-7")

@@ -25,10 +25,11 @@ class ClientMessage:
 class FrameError(Exception):
     """A client frame the server refuses; the connection stays open."""
 
-    def __init__(self, code: str, detail: str) -> None:
+    def __init__(self, code: str, detail: str, client_msg_id: str | None = None) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
+        self.client_msg_id = client_msg_id  # echoed, so the client knows which send failed
 
 
 def parse_client_frame(text: str, *, max_chars: int) -> ClientMessage:
@@ -49,9 +50,6 @@ def _parse_object(data: Any, *, max_chars: int) -> ClientMessage:
     kind = data.get("type")
     if kind != "message":
         raise FrameError("unknown_type", f"unknown frame type {kind!r}; expected 'message'")
-    body = data.get("body")
-    if not isinstance(body, str):
-        raise FrameError("invalid_body", "'body' must be a string")
     client_msg_id = data.get("client_msg_id")
     if client_msg_id is not None and (
         not isinstance(client_msg_id, str)
@@ -62,7 +60,16 @@ def _parse_object(data: Any, *, max_chars: int) -> ClientMessage:
             "invalid_client_msg_id",
             f"'client_msg_id' must be a string of 1 to {MAX_CLIENT_MSG_ID_CHARS} characters",
         )
-    return ClientMessage(body=_check_body(body, max_chars=max_chars), client_msg_id=client_msg_id)
+    body = data.get("body")
+    try:
+        if not isinstance(body, str):
+            raise FrameError("invalid_body", "'body' must be a string")
+        return ClientMessage(
+            body=_check_body(body, max_chars=max_chars), client_msg_id=client_msg_id
+        )
+    except FrameError as exc:
+        exc.client_msg_id = client_msg_id
+        raise
 
 
 def _is_unicode(text: str) -> bool:
@@ -129,5 +136,8 @@ def presence_frame(kind: str, *, room: str, user: str) -> str:
     return encode({"type": kind, "room": room, "user": user})
 
 
-def error_frame(code: str, detail: str, **extra: Any) -> str:
-    return encode({"type": "error", "code": code, "detail": detail, **extra})
+def error_frame(code: str, detail: str, client_msg_id: str | None = None, **extra: Any) -> str:
+    payload = {"type": "error", "code": code, "detail": detail, **extra}
+    if client_msg_id is not None:
+        payload["client_msg_id"] = client_msg_id
+    return encode(payload)

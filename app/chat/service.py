@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter, deque
@@ -274,7 +275,7 @@ class ChatService:
             try:
                 message = parse_client_frame(text, max_chars=settings.max_message_chars)
             except FrameError as exc:
-                connection.offer(Frame(error_frame(exc.code, exc.detail)))
+                connection.offer(Frame(error_frame(exc.code, exc.detail, exc.client_msg_id)))
                 continue
             wait = bucket.take()
             if wait:
@@ -283,6 +284,7 @@ class ChatService:
                         error_frame(
                             "rate_limited",
                             f"too many messages: at most {settings.rate_limit:g} a second",
+                            message.client_msg_id,
                             retry_after=round(wait, 3),
                         )
                     )
@@ -294,7 +296,9 @@ class ChatService:
                 body=message.body,
                 client_msg_id=message.client_msg_id,
             )
-            future.add_done_callback(lambda f: _answer_sender(f, connection))
+            future.add_done_callback(
+                functools.partial(_answer_sender, connection=connection, cid=message.client_msg_id)
+            )
             in_flight.append(future)
             while in_flight and (in_flight[0].done() or len(in_flight) >= MAX_IN_FLIGHT):
                 with contextlib.suppress(StoreFailed):
@@ -307,13 +311,17 @@ async def _expire(connection: Connection, expires_at: float) -> None:
     connection.abort(CLOSE_POLICY_VIOLATION, "token expired")
 
 
-def _answer_sender(future: asyncio.Future[Stored], connection: Connection) -> None:
+def _answer_sender(
+    future: asyncio.Future[Stored], *, connection: Connection, cid: str | None
+) -> None:
     """Tell the sender what became of its message when the broadcast does not."""
     if future.cancelled():
         return
     if isinstance(future.exception(), StoreFailed):
         connection.offer(
-            Frame(error_frame("store_failed", "the message could not be stored; send it again"))
+            Frame(
+                error_frame("store_failed", "the message could not be stored; send it again", cid)
+            )
         )
         return
     stored = future.result()
