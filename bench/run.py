@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from array import array
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import servers
 from clients import ClientSpec, Plan, worker_main
 from servers import Server, ServerSpec, cpu_seconds, start
 from sqlite_baseline import insert_loop, prepare
@@ -161,8 +163,13 @@ class Bench:
         return result
 
     def find(self, scenario: str, server: str) -> Result | None:
+        """The result of scenario for server (a name, or a kind: "chatroom[ws=...]" matches
+        "chatroom")."""
         for result in self.results:
-            if result.scenario == scenario and result.server == server:
+            if result.scenario == scenario and server in (
+                result.server,
+                result.server.split("[")[0],
+            ):
                 return result
         return None
 
@@ -290,8 +297,6 @@ class Bench:
         )
 
     def sqlite_baseline(self) -> Result:
-        import tempfile
-
         with tempfile.TemporaryDirectory(prefix="chatroom-sqlite-") as scratch:
             database = Path(scratch) / "bench.db"
             prepare(database)
@@ -536,11 +541,22 @@ def main() -> None:
     parser.add_argument("--scenario", action="append", choices=SCENARIOS + EXTRA_SCENARIOS)
     parser.add_argument("--server", action="append", choices=("chatroom", "tutorial"))
     parser.add_argument("--uvicorn-matrix", action="store_true")
+    parser.add_argument(
+        "--uvicorn",
+        metavar="WS,HTTP,LOOP",
+        help="serve both servers under these uvicorn implementations, e.g. wsproto,h11,asyncio",
+    )
     parser.add_argument("--duration", type=float, help="seconds each load scenario sends")
     parser.add_argument("--client-procs", type=int, help="client processes (default 2)")
     parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy raw stacks here")
     parser.add_argument("--markdown", type=Path, help="also write the tables here")
+    parser.add_argument(
+        "--app-rev", metavar="REV", help="serve chatroom as committed at REV, not the work tree"
+    )
     args = parser.parse_args()
+    if args.app_rev:
+        scratch = tempfile.TemporaryDirectory(prefix="chatroom-src-")
+        servers.snapshot(args.app_rev, Path(scratch.name))
     sizes = QUICK if args.quick else Sizes()
     if args.duration:
         sizes = replace(sizes, duration=args.duration)
@@ -551,10 +567,13 @@ def main() -> None:
     if args.uvicorn_matrix:
         bench.uvicorn_matrix()
     else:
-        servers = [
-            spec for spec in (CHATROOM, TUTORIAL) if spec.kind in (args.server or [spec.kind])
-        ]
-        bench.run(args.scenario or list(SCENARIOS), servers)
+        kinds = args.server or ["chatroom", "tutorial"]
+        if args.uvicorn:
+            ws, http, loop = args.uvicorn.split(",")
+            chosen = [ServerSpec(kind, ws=ws, http=http, loop=loop) for kind in kinds]
+        else:
+            chosen = [ServerSpec(kind) for kind in kinds]
+        bench.run(args.scenario or list(SCENARIOS), chosen)
     command = "python bench/run.py " + " ".join(sys.argv[1:])
     table = markdown(bench, command.strip())
     print()

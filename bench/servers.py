@@ -172,7 +172,7 @@ def migrate(database: Path, env: dict[str, str]) -> None:
     subprocess.run(
         [sys.executable, "-m", "app.cli", "migrate"],
         env=env | {"CHATROOM_DATABASE_URL": _database_url(database)},
-        cwd=REPO_DIR,
+        cwd=source_dir,
         check=True,
         capture_output=True,
     )
@@ -190,14 +190,45 @@ def seed_users(database: Path, names: list[str]) -> None:
         )
 
 
+# Where the servers import chatroom from: the working tree, or a snapshot (see snapshot()).
+source_dir = REPO_DIR
+
+
+def snapshot(revision: str, into: Path) -> None:
+    """Serve chatroom as committed at revision instead of the (shared, changing) work tree."""
+    global source_dir
+    archive = subprocess.run(
+        ["git", "-C", str(REPO_DIR), "archive", revision, "app", "migrations", "alembic.ini"]
+        + ["templates", "static"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    source_dir = into
+
+
 def _environment(workdir: Path) -> dict[str, str]:
     env = dict(os.environ) | CHATROOM_BENCH_ENV
     env["CHATROOM_DATABASE_URL"] = _database_url(workdir / "bench.db")
-    env["PYTHONPATH"] = str(REPO_DIR)
+    # Ahead of the editable install's path, so a snapshot's `app` wins.
+    env["PYTHONPATH"] = str(source_dir)
     return env
 
 
-def start(spec: ServerSpec, users: list[str], timeout: float = 30.0) -> Server:
+def start(spec: ServerSpec, users: list[str], attempts: int = 3) -> Server:
+    """Start a fresh server; retried, as others may be editing app/ while the bench runs."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return _start(spec, users)
+        except (RuntimeError, subprocess.CalledProcessError) as exc:
+            if attempt == attempts:
+                raise
+            print(f"# {spec.name} failed to start ({exc!s:.200}); retrying", file=sys.stderr)
+            time.sleep(10)
+    raise AssertionError("unreachable")
+
+
+def _start(spec: ServerSpec, users: list[str], timeout: float = 30.0) -> Server:
     """Start a fresh server (fresh database) with these users, and wait until it answers."""
     workdir = tempfile.TemporaryDirectory(prefix="chatroom-bench-")
     path = Path(workdir.name)
@@ -217,7 +248,7 @@ def start(spec: ServerSpec, users: list[str], timeout: float = 30.0) -> Server:
     if spec.name != "chatroom":
         command += ["--ws", spec.ws, "--http", spec.http, "--loop", spec.loop]
     log = open(path / "server.log", "wb")  # noqa: SIM115 - closed with the process
-    process = subprocess.Popen(command, env=env, cwd=REPO_DIR, stdout=log, stderr=log)
+    process = subprocess.Popen(command, env=env, cwd=source_dir, stdout=log, stderr=log)
     log.close()
     server = Server(spec, port, process, workdir, tokens)
     deadline = time.monotonic() + timeout
