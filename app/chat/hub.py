@@ -50,7 +50,8 @@ class Connection:
         # Set when the hub gives up on this connection: the close code to send.
         self.close_code: int | None = None
         self.close_reason = ""
-        self.aborted = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
+        self._sending = False
 
     def offer(self, frame: Frame) -> bool:
         """Queue frame; False when the outbox is over its limits (0 means no limit).
@@ -81,7 +82,8 @@ class Connection:
         self._outbox.clear()
         self._outbox_bytes = 0
         self._wakeup.set()
-        self.aborted.set()
+        if self._sending and self._sender is not None:
+            self._sender.cancel()  # stuck in a send to a peer that does not read
 
     async def run_sender(self, *, skip_through: int = 0) -> None:
         """Drain the outbox into the socket until aborted.
@@ -92,6 +94,7 @@ class Connection:
         self._skip_through = skip_through
         self.last_message_id = max(self.last_message_id, skip_through)
         self.started = True
+        self._sender = asyncio.current_task()
         while True:
             while not self._outbox:
                 if self.close_code is not None:
@@ -104,7 +107,11 @@ class Connection:
             self._outbox_bytes -= len(frame.text)
             if frame.message_id is not None and frame.message_id <= self._skip_through:
                 continue
-            await self._send(frame.text)
+            self._sending = True
+            try:
+                await self._send(frame.text)
+            finally:
+                self._sending = False
 
 
 class Hub:

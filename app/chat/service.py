@@ -32,6 +32,7 @@ from app.chat.protocol import (
     welcome_frame,
 )
 from app.chat.ratelimit import TokenBucket
+from app.chat.recent import RecentHistory
 from app.chat.store import MessageWriter, Stored, StoreFailed, history_page
 from app.config import Settings
 from app.models import Message
@@ -66,6 +67,7 @@ class ChatService:
             settings.database_url, shared=not isinstance(broker, MemoryBroker)
         )
         self.writer = MessageWriter(engine, self._publish_committed, room_lock)
+        self.recent = RecentHistory(sessions, limit=settings.history_limit)
         # Per user, across their sockets in this process.
         self._sockets_of: Counter[str] = Counter()
         self._buckets: dict[str, TokenBucket] = {}
@@ -73,7 +75,7 @@ class ChatService:
         self._stopped = False
 
     async def start(self) -> None:
-        await self.broker.start(self.hub.deliver, self._catch_up)
+        await self.broker.start(self._deliver, self._catch_up)
         await self.presence.start(self.hub.members, self._announce)
         self.writer.start()
 
@@ -99,8 +101,14 @@ class ChatService:
                 if which(connection):
                     connection.abort(code, reason)
 
+    def _deliver(self, room: str, frame: Frame) -> None:
+        """Every frame the broker brings: keep the replays current, then fan out."""
+        self.recent.note(room, frame)
+        self.hub.deliver(room, frame)
+
     async def _catch_up(self) -> None:
         """After a broker outage: hand each local room what was stored meanwhile."""
+        self.recent.forget()
         for room in self.hub.rooms:
             after = self.hub.resume_point(room)
             if after is None:
@@ -138,9 +146,13 @@ class ChatService:
             return sorted({c.user for c in self.hub.connections(room)} | {user})
 
     async def _publish_committed(self, messages: Sequence[Message]) -> None:
-        for message in messages:
-            frame = Frame(encode(message_payload(message)), message.id)
-            await self.broker.publish(message.room, frame)
+        try:
+            for message in messages:
+                frame = Frame(encode(message_payload(message)), message.id)
+                await self.broker.publish(message.room, frame)
+        except Exception:
+            self.recent.forget({m.room for m in messages})  # they will miss these
+            raise
 
     async def serve(
         self,
@@ -197,15 +209,13 @@ class ChatService:
         first_here = self.hub.add(connection)
         try:
             first = first_here and await self._presence(self.presence.join, room, user)
-            messages, has_more = await self._replay(room, since)
+            history, last_id = await self._replay(room, since)
             online = await self._online(room, user)
             await websocket.send_text(welcome_frame(user=user, room=room, online=online))
-            await websocket.send_text(
-                history_frame(room=room, messages=messages, has_more=has_more)
-            )
+            await websocket.send_text(history)
             if first:
                 await self._announce("join", room, user)
-            skip_through = messages[-1].id if messages else (since or 0)
+            skip_through = last_id or since or 0
             await self._pump(websocket, connection, skip_through, expires_at)
         except WebSocketDisconnect:
             pass
@@ -221,12 +231,15 @@ class ChatService:
                         CLOSE_TIMEOUT_SECONDS,
                     )
 
-    async def _replay(self, room: str, since: int | None) -> tuple[list[Message], bool]:
-        if since is not None:
-            return await history_page(
-                self.sessions, room=room, limit=SINCE_REPLAY_LIMIT, after=since
-            )
-        return await history_page(self.sessions, room=room, limit=self.settings.history_limit)
+    async def _replay(self, room: str, since: int | None) -> tuple[str, int]:
+        """The history frame for a joining socket, and the last id it holds (0: none)."""
+        if since is None:
+            return await self.recent.replay(room)
+        messages, has_more = await history_page(
+            self.sessions, room=room, limit=SINCE_REPLAY_LIMIT, after=since
+        )
+        frame = history_frame(room=room, messages=messages, has_more=has_more)
+        return frame, messages[-1].id if messages else 0
 
     async def _pump(
         self,
@@ -236,16 +249,25 @@ class ChatService:
         expires_at: float | None,
     ) -> None:
         """Send and receive concurrently; the first to end (or an abort) ends both."""
+        # An abort (overflow, revocation, shutdown) makes the sender return; so does expiry.
         tasks = {
             asyncio.create_task(connection.run_sender(skip_through=skip_through)),
             asyncio.create_task(self._receive(websocket, connection)),
-            asyncio.create_task(connection.aborted.wait()),
         }
+        expiry = None
         if expires_at is not None:
-            tasks.add(asyncio.create_task(_expire(connection, expires_at)))
+            # Long-lived sockets must not outlive the credentials that opened them.
+            expiry = asyncio.get_running_loop().call_later(
+                max(0.0, expires_at - time.time()),
+                connection.abort,
+                CLOSE_POLICY_VIOLATION,
+                "token expired",
+            )
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            if expiry is not None:
+                expiry.cancel()
             for task in tasks:
                 task.cancel()
             results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -303,12 +325,6 @@ class ChatService:
             while in_flight and (in_flight[0].done() or len(in_flight) >= MAX_IN_FLIGHT):
                 with contextlib.suppress(StoreFailed):
                     await in_flight.popleft()
-
-
-async def _expire(connection: Connection, expires_at: float) -> None:
-    # Long-lived sockets must not outlive the credentials that opened them.
-    await asyncio.sleep(max(0.0, expires_at - time.time()))
-    connection.abort(CLOSE_POLICY_VIOLATION, "token expired")
 
 
 def _answer_sender(

@@ -90,6 +90,9 @@ class MessageWriter:
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        # Held for the writer's life: a pool checkout and reset per batch cost more than
+        # the insert itself.
+        self._connection: AsyncConnection | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="chatroom-message-writer")
@@ -101,6 +104,9 @@ class MessageWriter:
             await self._queue.put(None)
             await self._task
             self._task = None
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
 
     def submit(
         self, *, room: str, author: str, body: str, client_msg_id: str | None = None
@@ -133,11 +139,12 @@ class MessageWriter:
 
     async def _write(self, batch: list[_Pending]) -> None:
         try:
-            async with self._engine.connect() as connection:
-                async with self._room_lock.hold(connection, {p.room for p in batch}):
-                    results = await self._insert(connection, batch)
-                    await self._publish([r.message for r in results if not r.duplicate])
+            connection = await self._connect()
+            async with self._room_lock.hold(connection, {p.room for p in batch}):
+                results = await self._insert(connection, batch)
+                await self._publish([r.message for r in results if not r.duplicate])
         except Exception as exc:
+            await self._disconnect()
             if len(batch) > 1 and not isinstance(exc, OperationalError):
                 # Not the database as a whole (locked, read-only, full) but something in one
                 # message: write them one by one so the others keep theirs.
@@ -154,6 +161,22 @@ class MessageWriter:
             if not pending.future.done():
                 pending.future.set_result(result)
 
+    async def _connect(self) -> AsyncConnection:
+        if self._connection is None:
+            connection = await self._engine.connect()
+            self._connection = await connection.execution_options(**IMMEDIATE)
+        return self._connection
+
+    async def _disconnect(self) -> None:
+        """Drop the connection after a failure; the next batch opens a fresh one."""
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            try:
+                await connection.invalidate()
+                await connection.close()
+            except Exception:
+                logger.debug("closing a failed writer connection failed", exc_info=True)
+
     async def _publish(self, messages: list[Message]) -> None:
         try:
             await self._on_commit(messages)
@@ -164,7 +187,7 @@ class MessageWriter:
 
     async def _insert(self, connection: AsyncConnection, batch: list[_Pending]) -> list[Stored]:
         now = utcnow()
-        connection = await connection.execution_options(**IMMEDIATE)
+        sqlite = connection.dialect.name == "sqlite"
         async with connection.begin():
             # Inside the write transaction, so no other writer can slip a resend in.
             known = await _stored_resends(connection, batch)
@@ -178,7 +201,12 @@ class MessageWriter:
                     rows.append(pending)
             ids: Sequence[int] = []
             if rows:
-                statement = insert(Message).returning(Message.id, sort_by_parameter_order=True)
+                # SQLAlchemy can only keep RETURNING in parameter order on SQLite by running
+                # one INSERT per row. Unneeded: the write lock is held, and SQLite numbers the
+                # rows of one multi-row INSERT upwards in VALUES order, so sorted ids pair up.
+                statement = insert(Message).returning(
+                    Message.id, sort_by_parameter_order=not sqlite
+                )
                 values = [
                     {
                         "room": p.room,
@@ -190,6 +218,8 @@ class MessageWriter:
                     for p in rows
                 ]
                 ids = (await connection.execute(statement, values)).scalars().all()
+                if sqlite:
+                    ids = sorted(ids)
         inserted = {
             id(p): Message(
                 id=id_,
