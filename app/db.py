@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import StaticPool
 
 SQLITE_BUSY_TIMEOUT_MS = 5000  # a writer waits this long for another process's lock
 IMMEDIATE = {"sqlite_immediate": True}
@@ -19,14 +21,35 @@ IMMEDIATE = {"sqlite_immediate": True}
 
 def create_engine(url: str) -> AsyncEngine:
     """Engine for url; SQLite gets WAL, a busy timeout and explicit transaction control."""
-    engine = create_async_engine(url, pool_pre_ping=not url.startswith("sqlite"))
-    if engine.dialect.name == "sqlite":
-        _configure_sqlite(engine)
+    sqlite = url.startswith("sqlite")
+    engine = create_async_engine(
+        url,
+        pool_pre_ping=not sqlite,
+        # A crowd joining at once reads users and history side by side (WAL allows it).
+        pool_size=10,
+        max_overflow=20,
+    )
+    if sqlite:
+        configure_sqlite(engine.sync_engine)
     return engine
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def create_sqlite_writer_engine(url: str) -> Engine:
+    """A synchronous engine on the same SQLite file, for a writer running in its own thread.
+
+    Through aiosqlite every statement of a transaction is a hop to a thread and back; a
+    writer in its own thread makes the whole transaction one hop.
+    """
+    sync_url = make_url(url).set(drivername="sqlite")
+    engine = sa_create_engine(sync_url, poolclass=StaticPool)
+    configure_sqlite(engine)
+    return engine
+
+
+def configure_sqlite(engine: Engine) -> None:
+    """WAL, synchronous=NORMAL, a busy timeout, foreign keys, and BEGIN IMMEDIATE on request."""
+
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control from the driver so BEGIN is ours to emit (below).
         dbapi_connection.isolation_level = None
@@ -37,7 +60,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         # A deferred transaction that later writes fails at once with "database is locked"
         # when another process holds the write lock, whatever busy_timeout says; writers ask

@@ -21,7 +21,7 @@ import websockets
 from sqlalchemy.exc import OperationalError
 from websockets.exceptions import ConnectionClosed
 
-from app.chat.store import MessageWriter
+from app.chat import store
 from app.config import Settings
 from tests.conftest import SECRET, ChatClient, LiveServer, free_port, join, register
 
@@ -197,14 +197,14 @@ async def test_store_failure_is_reported_and_nothing_is_broadcast(
     alice_token = await register(http, "alice")
     alice = await join(server, "r1", alice_token)
     bob = await join(server, "r1", await register(http, "bob"))
-    real_insert = MessageWriter._insert
+    real_insert = store._insert
 
-    async def failing_insert(self: MessageWriter, connection: Any, batch: list[Any]) -> Any:
+    def failing_insert(connection: Any, batch: list[Any]) -> Any:
         if any("doomed" in pending.body for pending in batch):
             raise OperationalError("INSERT", {}, Exception("database is locked"))
-        return await real_insert(self, connection, batch)
+        return real_insert(connection, batch)
 
-    monkeypatch.setattr(MessageWriter, "_insert", failing_insert)
+    monkeypatch.setattr(store, "_insert", failing_insert)
     await alice.send("doomed message")
     error = await alice.recv_type("error")
     assert error["code"] == "store_failed"

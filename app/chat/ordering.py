@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 class RoomLock(Protocol):
     def hold(
-        self, connection: AsyncConnection, rooms: Iterable[str]
+        self, connection: AsyncConnection | None, rooms: Iterable[str]
     ) -> AbstractAsyncContextManager[None]:
         """Hold rooms for the writes and publishes done inside."""
 
@@ -35,7 +35,9 @@ class LocalOnly:
     """One process, one writer task: its order is already the order."""
 
     @asynccontextmanager
-    async def hold(self, connection: AsyncConnection, rooms: Iterable[str]) -> AsyncIterator[None]:
+    async def hold(
+        self, connection: AsyncConnection | None, rooms: Iterable[str]
+    ) -> AsyncIterator[None]:
         yield
 
 
@@ -49,7 +51,9 @@ class FileLock:
         self._path = path
 
     @asynccontextmanager
-    async def hold(self, connection: AsyncConnection, rooms: Iterable[str]) -> AsyncIterator[None]:
+    async def hold(
+        self, connection: AsyncConnection | None, rooms: Iterable[str]
+    ) -> AsyncIterator[None]:
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
@@ -65,7 +69,11 @@ class AdvisoryLock:
     """
 
     @asynccontextmanager
-    async def hold(self, connection: AsyncConnection, rooms: Iterable[str]) -> AsyncIterator[None]:
+    async def hold(
+        self, connection: AsyncConnection | None, rooms: Iterable[str]
+    ) -> AsyncIterator[None]:
+        if connection is None:
+            raise ValueError("an advisory lock needs the writer's connection")
         keys = sorted({room_key(room) for room in rooms})
         for key in keys:
             await connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})

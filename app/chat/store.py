@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from sqlalchemy import insert, select
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.chat.ordering import LocalOnly, RoomLock
-from app.db import IMMEDIATE
+from app.db import IMMEDIATE, create_sqlite_writer_engine
 from app.models import Message, utcnow
 
 logger = logging.getLogger("chatroom.store")
@@ -87,6 +89,12 @@ class MessageWriter:
         self._engine = engine
         self._on_commit = on_commit
         self._room_lock = room_lock or LocalOnly()
+        # SQLite: the whole transaction runs in one thread of its own, in one hop.
+        self._sqlite: Engine | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        if engine.dialect.name == "sqlite":
+            self._sqlite = create_sqlite_writer_engine(str(engine.url))
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="chatroom-writer")
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -107,6 +115,9 @@ class MessageWriter:
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
+        if self._sqlite is not None and self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._sqlite.dispose)
+            self._thread.shutdown()
 
     def submit(
         self, *, room: str, author: str, body: str, client_msg_id: str | None = None
@@ -138,11 +149,19 @@ class MessageWriter:
             await self._write(batch)
 
     async def _write(self, batch: list[_Pending]) -> None:
+        rooms = {p.room for p in batch}
         try:
-            connection = await self._connect()
-            async with self._room_lock.hold(connection, {p.room for p in batch}):
-                results = await self._insert(connection, batch)
-                await self._publish([r.message for r in results if not r.duplicate])
+            if self._sqlite is not None:
+                async with self._room_lock.hold(None, rooms):
+                    results = await asyncio.get_running_loop().run_in_executor(
+                        self._thread, self._insert_in_thread, batch
+                    )
+                    await self._publish([r.message for r in results if not r.duplicate])
+            else:
+                connection = await self._connect()
+                async with self._room_lock.hold(connection, rooms):
+                    results = await connection.run_sync(_insert, batch)
+                    await self._publish([r.message for r in results if not r.duplicate])
         except Exception as exc:
             await self._disconnect()
             if len(batch) > 1 and not isinstance(exc, OperationalError):
@@ -185,65 +204,70 @@ class MessageWriter:
             # missed when it comes back, and clients can always resume with `since`.
             logger.exception("publishing %d stored message(s) failed", len(messages))
 
-    async def _insert(self, connection: AsyncConnection, batch: list[_Pending]) -> list[Stored]:
-        now = utcnow()
-        sqlite = connection.dialect.name == "sqlite"
-        async with connection.begin():
-            # Inside the write transaction, so no other writer can slip a resend in.
-            known = await _stored_resends(connection, batch)
-            fresh: dict[tuple[str, str | None], _Pending] = {}
-            rows = []
-            for pending in batch:
-                key = (pending.author, pending.client_msg_id)
-                if pending.client_msg_id is None or (key not in known and key not in fresh):
-                    if pending.client_msg_id is not None:
-                        fresh[key] = pending
-                    rows.append(pending)
-            ids: Sequence[int] = []
-            if rows:
-                # SQLAlchemy can only keep RETURNING in parameter order on SQLite by running
-                # one INSERT per row. Unneeded: the write lock is held, and SQLite numbers the
-                # rows of one multi-row INSERT upwards in VALUES order, so sorted ids pair up.
-                statement = insert(Message).returning(
-                    Message.id, sort_by_parameter_order=not sqlite
-                )
-                values = [
-                    {
-                        "room": p.room,
-                        "author": p.author,
-                        "body": p.body,
-                        "client_msg_id": p.client_msg_id,
-                        "created_at": now,
-                    }
-                    for p in rows
-                ]
-                ids = (await connection.execute(statement, values)).scalars().all()
-                if sqlite:
-                    ids = sorted(ids)
-        inserted = {
-            id(p): Message(
-                id=id_,
-                room=p.room,
-                author=p.author,
-                body=p.body,
-                client_msg_id=p.client_msg_id,
-                created_at=now,
-            )
-            for id_, p in zip(ids, rows, strict=True)
-        }
-        results = []
+    def _insert_in_thread(self, batch: list[_Pending]) -> list[Stored]:
+        assert self._sqlite is not None  # noqa: S101 (only called when set)
+        with self._sqlite.connect() as connection:
+            return _insert(connection.execution_options(**IMMEDIATE), batch)
+
+
+def _insert(connection: Connection, batch: list[_Pending]) -> list[Stored]:
+    """Store batch in one transaction; resends resolve to the messages stored before."""
+    now = utcnow()
+    sqlite = connection.dialect.name == "sqlite"
+    with connection.begin():
+        # Inside the write transaction, so no other writer can slip a resend in.
+        known = _stored_resends(connection, batch)
+        fresh: dict[tuple[str, str | None], _Pending] = {}
+        rows = []
         for pending in batch:
-            if id(pending) in inserted:
-                results.append(Stored(inserted[id(pending)]))
-            else:
-                key = (pending.author, pending.client_msg_id)
-                earlier = known.get(key) or inserted[id(fresh[key])]
-                results.append(Stored(earlier, duplicate=True))
-        return results
+            key = (pending.author, pending.client_msg_id)
+            if pending.client_msg_id is None or (key not in known and key not in fresh):
+                if pending.client_msg_id is not None:
+                    fresh[key] = pending
+                rows.append(pending)
+        ids: Sequence[int] = []
+        if rows:
+            # SQLAlchemy can only keep RETURNING in parameter order on SQLite by running
+            # one INSERT per row. Unneeded: the write lock is held, and SQLite numbers the
+            # rows of one multi-row INSERT upwards in VALUES order, so sorted ids pair up.
+            statement = insert(Message).returning(Message.id, sort_by_parameter_order=not sqlite)
+            values = [
+                {
+                    "room": p.room,
+                    "author": p.author,
+                    "body": p.body,
+                    "client_msg_id": p.client_msg_id,
+                    "created_at": now,
+                }
+                for p in rows
+            ]
+            ids = connection.execute(statement, values).scalars().all()
+            if sqlite:
+                ids = sorted(ids)
+    inserted = {
+        id(p): Message(
+            id=id_,
+            room=p.room,
+            author=p.author,
+            body=p.body,
+            client_msg_id=p.client_msg_id,
+            created_at=now,
+        )
+        for id_, p in zip(ids, rows, strict=True)
+    }
+    results = []
+    for pending in batch:
+        if id(pending) in inserted:
+            results.append(Stored(inserted[id(pending)]))
+        else:
+            key = (pending.author, pending.client_msg_id)
+            earlier = known.get(key) or inserted[id(fresh[key])]
+            results.append(Stored(earlier, duplicate=True))
+    return results
 
 
-async def _stored_resends(
-    connection: AsyncConnection, batch: list[_Pending]
+def _stored_resends(
+    connection: Connection, batch: list[_Pending]
 ) -> dict[tuple[str, str | None], Message]:
     """Messages already stored under the batch's (author, client_msg_id) pairs."""
     keys = {(p.author, p.client_msg_id) for p in batch if p.client_msg_id is not None}
@@ -254,7 +278,7 @@ async def _stored_resends(
         Message.client_msg_id.in_({cid for _, cid in keys}),
     )
     found = {}
-    for row in await connection.execute(query):
+    for row in connection.execute(query):
         if (row.author, row.client_msg_id) in keys:
             found[(row.author, row.client_msg_id)] = Message(**row._asdict())
     return found
