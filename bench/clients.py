@@ -44,6 +44,8 @@ class Plan:
     window: int = 4  # closed loop: a sender's unacknowledged messages at most
     rate: float = 0.0  # open loop: messages/s per sender (0: closed loop)
     body_chars: int = 64
+    # chatroom: check that each socket gets its room's message ids strictly increasing
+    check_order: bool = False
 
 
 class Client:
@@ -62,6 +64,8 @@ class Client:
         self.acked = 0
         self.acked_event = asyncio.Event()
         self.closed = False
+        self.last_id = 0  # largest message id seen (check_order)
+        self.order_errors = 0  # message ids at or below the previous one (check_order)
         self._is_join: Callable[[str], bool]
         if worker.plan.protocol == "chatroom":
             self._is_join = _is_history
@@ -85,6 +89,7 @@ class Client:
         worker = self.worker
         latencies = worker.latencies
         own = self.spec.client_id
+        check_order = worker.plan.check_order
         try:
             async for text in ws:
                 now = time.monotonic()
@@ -104,6 +109,13 @@ class Client:
                 sender, _seq, sent = text[start + 1 : end].split(":")
                 latencies.append(now - float(sent))
                 self.received += 1
+                if check_order:
+                    # '{"type":"message","id":123,...': the first "id" key is the message's
+                    at = text.find(ID_KEY) + len(ID_KEY)
+                    message_id = int(text[at : text.find(",", at)])
+                    if message_id <= self.last_id:
+                        self.order_errors += 1
+                    self.last_id = message_id
                 if int(sender) == own:
                     self.in_flight -= 1
                     self.acked += 1
@@ -148,6 +160,9 @@ class Client:
             self.sent += 1
             self.in_flight += 1
             due += interval
+
+
+ID_KEY = '"id":'
 
 
 def _is_history(text: str) -> bool:
@@ -223,7 +238,7 @@ class Worker:
         """Zero the counters (every worker, before any sender starts)."""
         for client in self.clients:
             client.received = 0
-            client.sent = client.acked = client.in_flight = 0
+            client.sent = client.acked = client.in_flight = client.order_errors = 0
         del self.latencies[:]  # readers hold this array
 
     async def run(self, duration: float, rate_offsets: dict[int, float]) -> dict[int, int]:
@@ -255,6 +270,11 @@ class Worker:
             "received": sum(c.received for c in self.clients),
             "acked": sum(c.acked for c in self.clients),
             "lost": sum(max(0, expected.get(c.spec.room, 0) - c.received) for c in self.clients),
+            # more than was sent to the room: duplicates
+            "extra": sum(max(0, c.received - expected.get(c.spec.room, 0)) for c in self.clients)
+            if expected
+            else 0,
+            "order_errors": sum(c.order_errors for c in self.clients),
             "frames": sum(c.frames for c in self.clients),
             "last_frame": self.last_frame,
             "latencies": self.latencies.tobytes(),

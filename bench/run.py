@@ -5,6 +5,7 @@
     python bench/run.py --scenario fan-out   # one scenario (repeatable)
     python bench/run.py --uvicorn-matrix     # chatroom fan-out under each uvicorn ws/http/loop
     python bench/run.py --profile DIR        # also py-spy the chatroom server (raw stacks)
+    python bench/run.py --scenario multi-worker --workers 1,2,4   # --workers N over Redis
 
 Prints one JSON line per scenario and server, then a table of the targets (ratios within
 this run). See bench/README.md.
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from array import array
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,13 +34,15 @@ from typing import Any
 
 import servers
 from clients import ClientSpec, Plan, worker_main
-from servers import Server, ServerSpec, cpu_seconds, start
+from servers import Server, ServerSpec, cpu_seconds, sockets_per_process, start
 from sqlite_baseline import insert_loop, prepare
 
 CHATROOM = ServerSpec("chatroom")
 TUTORIAL = ServerSpec("tutorial")
 SCENARIOS = ("fan-out", "rooms", "ingest", "join-storm", "idle-memory", "latency")
-EXTRA_SCENARIOS = ("join-storm-distinct",)  # minutes long; run only when named
+# Run only when named: minutes long, or needing Redis (and PostgreSQL).
+EXTRA_SCENARIOS = ("join-storm-distinct", "multi-worker")
+REDIS_URL = "redis://127.0.0.1:6379/14"  # a database number of the bench's own, flushed per run
 
 
 @dataclass(frozen=True)
@@ -205,8 +209,15 @@ class Bench:
         *,
         window: int,
         rate: float = 0.0,
+        check_order: bool = False,
+        other_cpu: dict[str, Callable[[], float]] | None = None,
     ) -> Result:
-        """rooms: (name, clients, senders); the tutorial's single room is named ""."""
+        """rooms: (name, clients, senders); the tutorial's single room is named "".
+
+        check_order: every socket checks that its room's message ids arrive strictly
+        increasing (chatroom). other_cpu: more CPU clocks (e.g. redis-server) read around the
+        measured part like the server's, reported as <name>_cpu_s and per delivery."""
+        other_cpu = other_cpu or {}
         names = [f"user{i}" for i in range(sum(clients for _, clients, _ in rooms))]
         server = start(spec, names)
         specs: list[ClientSpec] = []
@@ -217,18 +228,20 @@ class Bench:
                 specs.append(ClientSpec(client_id, url, room, sender=index < senders))
         protocol = spec.kind
         plans = [
-            Plan(protocol, part, window=window, rate=rate)
+            Plan(protocol, part, window=window, rate=rate, check_order=check_order)
             for part in split(specs, self.sizes.client_procs)
         ]
         workers = Workers(plans)
         try:
             workers.all("connect", start=0, stop=len(specs), concurrency=50)
             workers.all("settle", quiet=0.5, within=120)
+            per_process = sockets_per_process(server) if spec.workers > 1 else []
             senders = [s.client_id for s in specs if s.sender]
             offsets = {c: (i / len(senders)) / rate if rate else 0.0 for i, c in enumerate(senders)}
             workers.all("reset")
             with self.profiled(server, scenario):
                 server_cpu, client_cpu = server.cpu_seconds(), workers.cpu_seconds()
+                others = {name: clock() for name, clock in other_cpu.items()}
                 began = time.monotonic()
                 sent: dict[int, int] = {}
                 for answer in workers.all(
@@ -242,6 +255,7 @@ class Bench:
                 stats = workers.all("drain", expected=expected, within=15)
                 server_cpu = server.cpu_seconds() - server_cpu
                 client_cpu = workers.cpu_seconds() - client_cpu
+                others = {name: clock() - others[name] for name, clock in other_cpu.items()}
             elapsed = max(s["last_frame"] for s in stats) - began
             deliveries = sum(s["received"] for s in stats)
             messages = sum(sent.values())
@@ -265,6 +279,18 @@ class Bench:
                 "client_cpu_s": round(client_cpu, 3),
                 "client_cpu_us_per_delivery": round(client_cpu / max(1, deliveries) * 1e6, 2),
             }
+            for name, seconds in others.items():
+                values[f"{name}_cpu_s"] = round(seconds, 3)
+                values[f"{name}_cpu_us_per_delivery"] = round(seconds / max(1, deliveries) * 1e6, 2)
+            if check_order:
+                values["order_errors"] = sum(s["order_errors"] for s in stats)
+                values["duplicates"] = sum(s["extra"] for s in stats)
+            if spec.workers > 1 or not spec.broker.startswith("memory"):
+                values["workers"] = spec.workers
+                values["broker"] = spec.broker
+                values["sockets_per_worker"] = "/".join(map(str, per_process))
+            if spec.database != "sqlite":
+                values["database"] = spec.database
             if rate:
                 values["rate_per_sender"] = round(rate, 1)
             if spec.kind == "chatroom":
@@ -303,6 +329,42 @@ class Bench:
             values = insert_loop(database, self.sizes.duration, rooms=self.sizes.ingest_rooms)
         values = {k: round(v, 3) for k, v in values.items()}
         return self.emit(Result("ingest", "sqlite3-loop", values))
+
+    def multi_worker(self, counts: list[int], databases: list[str]) -> None:
+        """The rooms load against `chatroom serve --workers N` sharing one Redis broker and one
+        database, for each N, after one worker with the memory broker (the baseline)."""
+        reason = servers.redis_unavailable(REDIS_URL)
+        if reason is not None:
+            print(f"# multi-worker: SKIPPED, Redis unreachable at {REDIS_URL} ({reason})")
+            return
+        redis_pid = servers.redis_server_pid(REDIS_URL)
+        for database in databases:
+            if database == "postgres":
+                reason = servers.postgres_unavailable()
+                if reason is not None:
+                    print(f"# multi-worker postgres: SKIPPED, PostgreSQL unreachable ({reason})")
+                    continue
+            self.multi_worker_run(ServerSpec("chatroom", database=database), redis_pid)
+            for count in counts:
+                servers.redis_flushdb(REDIS_URL)
+                spec = ServerSpec("chatroom", workers=count, broker=REDIS_URL, database=database)
+                self.multi_worker_run(spec, redis_pid)
+            servers.redis_flushdb(REDIS_URL)
+
+    def multi_worker_run(self, spec: ServerSpec, redis_pid: int | None) -> Result:
+        s = self.sizes
+        # Pub/sub channels are global to a Redis server, whatever the database number: rooms
+        # named afresh per run never meet another run's (or the test suite's) rooms.
+        tag = uuid.uuid4().hex[:6]
+        rooms = [(f"mw{tag}-room{i}", s.room_clients, s.room_senders) for i in range(s.rooms)]
+        other_cpu: dict[str, Callable[[], float]] = {}
+        if redis_pid is not None and not spec.broker.startswith("memory"):
+            other_cpu["redis"] = lambda: cpu_seconds([redis_pid])
+        if spec.database == "postgres":
+            other_cpu["postgres"] = lambda: cpu_seconds(servers.processes_named("postgres"))
+        return self.load(
+            "multi-worker", spec, rooms, window=s.window, check_order=True, other_cpu=other_cpu
+        )
 
     # -- connection storms ---------------------------------------------------------------
 
@@ -388,8 +450,18 @@ class Bench:
 
     # -- the whole run -------------------------------------------------------------------
 
-    def run(self, scenarios: list[str], servers: list[ServerSpec]) -> None:
+    def run(
+        self,
+        scenarios: list[str],
+        servers: list[ServerSpec],
+        workers: list[int] = [1, 2, 4],  # noqa: B006 - never mutated
+        databases: list[str] = ["sqlite"],  # noqa: B006 - never mutated
+    ) -> None:
         for scenario in scenarios:
+            if scenario == "multi-worker":
+                if any(spec.kind == "chatroom" for spec in servers):
+                    self.multi_worker(workers, databases)
+                continue
             for spec in servers:
                 if scenario == "fan-out":
                     self.fan_out(spec)
@@ -520,13 +592,54 @@ def targets(bench: Bench) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
-def markdown(bench: Bench, command: str) -> str:
-    lines = [f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: `{command}`", ""]
-    lines += [
-        "| target | chatroom | baseline | ratio | verdict |",
-        "| --- | --- | --- | --- | --- |",
+def multi_worker_table(bench: Bench) -> list[str]:
+    """The multi-worker runs side by side, as ratios to the 1-worker memory:// run of their
+    database."""
+    runs = [r for r in bench.results if r.scenario == "multi-worker"]
+    if not runs:
+        return []
+    lines = [
+        "",
+        "| database | broker | workers | deliveries/s | vs memory | server CPU/delivery"
+        " | vs memory | redis CPU/delivery | postgres CPU/delivery | p50 | p99 | loss | dup"
+        " | order errors | sockets per worker |",
+        "| --- " * 15 + "|",
     ]
-    lines += ["| " + " | ".join(row) + " |" for row in targets(bench)]
+    for run in runs:
+        v = run.values
+        database = v.get("database", "sqlite")
+        base = next(
+            r.values
+            for r in runs
+            if r.values.get("database", "sqlite") == database and "broker" not in r.values
+        )
+        broker = v.get("broker", "memory://").split(":", 1)[0]
+        redis = v.get("redis_cpu_us_per_delivery")
+        postgres = v.get("postgres_cpu_us_per_delivery")
+        lines.append(
+            f"| {database} | {broker} | {v.get('workers', 1)} | {v['deliveries_per_s']:,.0f}"
+            f" | x{v['deliveries_per_s'] / base['deliveries_per_s']:.2f}"
+            f" | {v['server_cpu_us_per_delivery']} us"
+            f" | x{v['server_cpu_us_per_delivery'] / base['server_cpu_us_per_delivery']:.2f}"
+            f" | {'-' if redis is None else f'{redis} us'}"
+            f" | {'-' if postgres is None else f'{postgres} us'}"
+            f" | {v['p50_ms']} ms | {v['p99_ms']} ms | {v['loss']} | {v['duplicates']}"
+            f" | {v['order_errors']} | {v.get('sockets_per_worker') or '-'} |"
+        )
+    return lines
+
+
+def markdown(bench: Bench, command: str) -> str:
+    lines = [f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: `{command}`"]
+    rows = targets(bench)
+    if rows:
+        lines += [
+            "",
+            "| target | chatroom | baseline | ratio | verdict |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += multi_worker_table(bench)
     lines += ["", "| scenario | server | measurements |", "| --- | --- | --- |"]
     for result in bench.results:
         shown = {k: v for k, v in result.values.items() if k not in ("error_sample",)}
@@ -551,6 +664,18 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy raw stacks here")
     parser.add_argument("--markdown", type=Path, help="also write the tables here")
     parser.add_argument(
+        "--workers",
+        default="1,2,4",
+        metavar="N,N,...",
+        help="multi-worker: worker counts to run over Redis (default 1,2,4)",
+    )
+    parser.add_argument(
+        "--database",
+        default="sqlite",
+        metavar="ENGINES",
+        help="multi-worker: sqlite, postgres or sqlite,postgres (default sqlite)",
+    )
+    parser.add_argument(
         "--app-rev", metavar="REV", help="serve chatroom as committed at REV, not the work tree"
     )
     args = parser.parse_args()
@@ -573,7 +698,11 @@ def main() -> None:
             chosen = [ServerSpec(kind, ws=ws, http=http, loop=loop) for kind in kinds]
         else:
             chosen = [ServerSpec(kind) for kind in kinds]
-        bench.run(args.scenario or list(SCENARIOS), chosen)
+        worker_counts = [int(n) for n in args.workers.split(",")]
+        databases = args.database.split(",")
+        if not set(databases) <= {"sqlite", "postgres"}:
+            parser.error("--database: sqlite, postgres or sqlite,postgres")
+        bench.run(args.scenario or list(SCENARIOS), chosen, worker_counts, databases)
     command = "python bench/run.py " + " ".join(sys.argv[1:])
     table = markdown(bench, command.strip())
     print()

@@ -6,16 +6,21 @@ CPU time and memory are read from /proc for the server process and its descendan
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from uuid import uuid4
 
 from app.security import create_access_token, hash_password
 
@@ -37,22 +42,36 @@ CHATROOM_BENCH_ENV = {
     "CHATROOM_HISTORY_LIMIT": "50",
 }
 
+# PostgreSQL for `--database postgres` (trust auth): a fresh database per server, dropped after.
+POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
 
 @dataclass(frozen=True)
 class ServerSpec:
     """What to start: chatroom (through `chatroom serve` unless an implementation is forced)
-    or the tutorial baseline, with uvicorn's ws/http/loop choices ("auto" = uvicorn's)."""
+    or the tutorial baseline, with uvicorn's ws/http/loop choices ("auto" = uvicorn's), and
+    for chatroom the worker count (`serve --workers N`), broker URL and database engine."""
 
     kind: str  # "chatroom" | "tutorial"
     ws: str = "auto"
     http: str = "auto"
     loop: str = "auto"
+    workers: int = 1
+    broker: str = "memory://"
+    database: str = "sqlite"  # "sqlite" (a file, WAL) | "postgres" (POSTGRES_ADMIN_DSN's server)
+
+    @property
+    def default_uvicorn(self) -> bool:
+        return (self.ws, self.http, self.loop) == ("auto", "auto", "auto")
 
     @property
     def name(self) -> str:
-        if (self.ws, self.http, self.loop) == ("auto", "auto", "auto"):
-            return self.kind
-        return f"{self.kind}[ws={self.ws},http={self.http},loop={self.loop}]"
+        parts = [] if self.default_uvicorn else [f"ws={self.ws},http={self.http},loop={self.loop}"]
+        if self.workers != 1 or not self.broker.startswith("memory"):
+            parts.append(f"workers={self.workers},{self.broker.split(':', 1)[0]}")
+        if self.database != "sqlite":
+            parts.append(self.database)
+        return f"{self.kind}[{','.join(parts)}]" if parts else self.kind
 
 
 def free_port() -> int:
@@ -119,6 +138,8 @@ class Server:
     process: subprocess.Popen[bytes]
     workdir: tempfile.TemporaryDirectory[str]
     tokens: dict[str, str] = field(default_factory=dict)
+    postgres_database: str | None = None  # dropped by stop()
+    known_pids: set[int] = field(default_factory=set)  # every pid seen below the server
 
     @property
     def pid(self) -> int:
@@ -129,7 +150,9 @@ class Server:
         return Path(self.workdir.name) / "bench.db"
 
     def pids(self) -> list[int]:
-        return descendants(self.pid)
+        found = descendants(self.pid)
+        self.known_pids.update(found)
+        return found
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pids())
@@ -149,11 +172,15 @@ class Server:
 
     def count_messages(self) -> int:
         """Rows in chatroom's messages table (read beside the running server, WAL)."""
+        if self.postgres_database is not None:
+            sql = "SELECT count(*) FROM messages"
+            return int(str(asyncio.run(_postgres(self.postgres_database, sql, fetch=True))))
         with sqlite3.connect(self.database) as connection:
             (count,) = connection.execute("SELECT count(*) FROM messages").fetchone()
         return int(count)
 
     def stop(self) -> None:
+        self.pids()  # remember the workers, to make sure none outlives the parent
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -161,27 +188,96 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        deadline = time.monotonic() + 10
+        for pid in sorted(self.known_pids - {self.pid}):
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if self.postgres_database is not None:
+            drop_postgres_database(self.postgres_database)
+            self.postgres_database = None
         self.workdir.cleanup()
 
 
-def _database_url(path: Path) -> str:
+def _alive(pid: int) -> bool:
+    """pid is a live process (not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _postgres_dsn(database: str) -> str:
+    return POSTGRES_ADMIN_DSN.rsplit("/", 1)[0] + "/" + database
+
+
+async def _postgres(
+    database: str,
+    sql: str,
+    *args: object,
+    fetch: bool = False,
+    many: Sequence[tuple[object, ...]] | None = None,
+) -> object:
+    import asyncpg  # type: ignore[import-untyped]
+
+    connection = await asyncpg.connect(_postgres_dsn(database), timeout=5)
+    try:
+        if many is not None:
+            await connection.executemany(sql, many)
+            return None
+        if fetch:
+            return await connection.fetchval(sql, *args)
+        return await connection.execute(sql, *args)
+    finally:
+        await connection.close()
+
+
+def postgres_unavailable() -> str | None:
+    """Why POSTGRES_ADMIN_DSN cannot be used, or None."""
+    try:
+        asyncio.run(_postgres("postgres", "SELECT 1", fetch=True))
+    except Exception as exc:  # asyncpg missing, refused, auth: all mean "skip"
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def create_postgres_database() -> str:
+    name = f"chatroom_bench_{uuid4().hex[:10]}"
+    asyncio.run(_postgres("postgres", f'CREATE DATABASE "{name}"'))
+    return name
+
+
+def drop_postgres_database(name: str) -> None:
+    asyncio.run(_postgres("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def database_url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
 
 
-def migrate(database: Path, env: dict[str, str]) -> None:
+def migrate(env: dict[str, str]) -> None:
+    """`chatroom migrate` against env's CHATROOM_DATABASE_URL."""
     subprocess.run(
         [sys.executable, "-m", "app.cli", "migrate"],
-        env=env | {"CHATROOM_DATABASE_URL": _database_url(database)},
+        env=env,
         cwd=source_dir,
         check=True,
         capture_output=True,
     )
 
 
-def seed_users(database: Path, names: list[str]) -> None:
+def seed_users(database: Path | str, names: list[str]) -> None:
     """Accounts written straight into the migrated database with one real Argon2 hash:
-    registering thousands through /auth/register would spend minutes hashing."""
+    registering thousands through /auth/register would spend minutes hashing.
+    database: a SQLite file, or the name of a PostgreSQL database."""
     password_hash = hash_password(PASSWORD)
+    if isinstance(database, str):
+        rows = [(name, password_hash, datetime.now(UTC)) for name in names]
+        sql = "INSERT INTO users (username, password_hash, created_at) VALUES ($1, $2, $3)"
+        asyncio.run(_postgres(database, sql, many=rows))
+        return
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
     with sqlite3.connect(database) as connection:
         connection.executemany(
@@ -207,9 +303,14 @@ def snapshot(revision: str, into: Path) -> None:
     source_dir = into
 
 
-def _environment(workdir: Path) -> dict[str, str]:
+def _environment(workdir: Path, spec: ServerSpec, postgres_database: str | None) -> dict[str, str]:
     env = dict(os.environ) | CHATROOM_BENCH_ENV
-    env["CHATROOM_DATABASE_URL"] = _database_url(workdir / "bench.db")
+    if postgres_database is not None:
+        url = "postgresql+asyncpg" + _postgres_dsn(postgres_database).removeprefix("postgresql")
+        env["CHATROOM_DATABASE_URL"] = url
+    else:
+        env["CHATROOM_DATABASE_URL"] = database_url(workdir / "bench.db")
+    env["CHATROOM_BROKER_URL"] = spec.broker
     # Ahead of the editable install's path, so a snapshot's `app` wins.
     env["PYTHONPATH"] = str(source_dir)
     return env
@@ -229,35 +330,51 @@ def start(spec: ServerSpec, users: list[str], attempts: int = 3) -> Server:
 
 
 def _start(spec: ServerSpec, users: list[str], timeout: float = 30.0) -> Server:
-    """Start a fresh server (fresh database) with these users, and wait until it answers."""
+    """Start a fresh server (fresh database) with these users, and wait until it answers
+    (with --workers N: until every worker has started, so that none gets all the sockets)."""
     workdir = tempfile.TemporaryDirectory(prefix="chatroom-bench-")
     path = Path(workdir.name)
-    env = _environment(path)
+    postgres_database = None
+    if spec.kind == "chatroom" and spec.database == "postgres":
+        postgres_database = create_postgres_database()
+    env = _environment(path, spec, postgres_database)
     port = free_port()
     tokens: dict[str, str] = {}
-    if spec.kind == "chatroom":
-        migrate(path / "bench.db", env)
-        seed_users(path / "bench.db", users)
-        tokens = {name: create_access_token(name, key=SECRET, minutes=600) for name in users}
-        if spec.name == "chatroom":
-            command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
-        else:
-            command = [sys.executable, str(BENCH_DIR / "serve_chatroom.py"), "--port", str(port)]
+    try:
+        if spec.kind == "chatroom":
+            migrate(env)
+            seed_users(postgres_database or path / "bench.db", users)
+            tokens = {name: create_access_token(name, key=SECRET, minutes=600) for name in users}
+    except BaseException:
+        if postgres_database is not None:
+            drop_postgres_database(postgres_database)
+        workdir.cleanup()
+        raise
+    if spec.kind == "chatroom" and spec.default_uvicorn:
+        command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
+        command += ["--workers", str(spec.workers)]
+    elif spec.kind == "chatroom":
+        if spec.workers != 1:
+            raise ValueError("bench/serve_chatroom.py runs one worker")
+        command = [sys.executable, str(BENCH_DIR / "serve_chatroom.py"), "--port", str(port)]
     else:
         command = [sys.executable, str(BENCH_DIR / "tutorial_server.py"), "--port", str(port)]
-    if spec.name != "chatroom":
+    if not spec.default_uvicorn:
         command += ["--ws", spec.ws, "--http", spec.http, "--loop", spec.loop]
     log = open(path / "server.log", "wb")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(command, env=env, cwd=source_dir, stdout=log, stderr=log)
     log.close()
-    server = Server(spec, port, process, workdir, tokens)
+    server = Server(spec, port, process, workdir, tokens, postgres_database)
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
             output = (path / "server.log").read_text(errors="replace")
-            workdir.cleanup()
+            server.stop()
             raise RuntimeError(f"{spec.name} exited at start:\n{output}")
         try:
+            started = server_log(server).count("Application startup complete")
+            if spec.workers > 1 and started < spec.workers:
+                raise OSError(f"{started} of {spec.workers} workers started")
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 break
         except OSError:
@@ -268,5 +385,81 @@ def _start(spec: ServerSpec, users: list[str], timeout: float = 30.0) -> Server:
     return server
 
 
+def sockets_per_process(server: Server) -> list[int]:
+    """Established TCP connections on the server's port held by each of its processes
+    (the workers, with --workers N), largest first; processes holding none are left out."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as lines:
+                next(lines)
+                for line in lines:
+                    fields = line.split()
+                    if int(fields[1].rsplit(":", 1)[1], 16) == server.port and fields[3] == "01":
+                        inodes.add(fields[9])
+        except OSError:
+            continue
+    counts = []
+    for pid in server.pids():
+        held = 0
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("socket:[") and target[8:-1] in inodes:
+                        held += 1
+        except OSError:
+            continue
+        if held:
+            counts.append(held)
+    return sorted(counts, reverse=True)
+
+
 def server_log(server: Server) -> str:
     return (Path(server.workdir.name) / "server.log").read_text(errors="replace")
+
+
+# -- Redis (the multi-worker scenario's broker) ------------------------------------------
+
+
+def redis_unavailable(url: str) -> str | None:
+    """Why the Redis at url cannot be used, or None."""
+    try:
+        import redis
+
+        with redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5) as client:
+            client.ping()
+    except Exception as exc:  # the package missing, refused, auth: all mean "skip"
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def redis_flushdb(url: str) -> None:
+    """Empty url's database number (presence keys); pub/sub channels have no database."""
+    import redis
+
+    with redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5) as client:
+        client.flushdb()
+
+
+def redis_server_pid(url: str) -> int | None:
+    """redis-server's pid, if it runs on this machine (for its CPU time)."""
+    import redis
+
+    with redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5) as client:
+        pid = int(client.info("server")["process_id"])
+    return pid if os.path.exists(f"/proc/{pid}/stat") else None
+
+
+def processes_named(name: str) -> list[int]:
+    """Every pid whose command name is name (e.g. every PostgreSQL backend)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as comm:
+                    if comm.read().strip() == name:
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found

@@ -24,9 +24,9 @@ FILLER = "the quick brown fox jumps over the lazy dog " * 4
 
 def prepare(database: Path) -> None:
     """Migrate a fresh database to chatroom's schema and add the author."""
-    from servers import CHATROOM_BENCH_ENV, migrate, seed_users
+    from servers import CHATROOM_BENCH_ENV, database_url, migrate, seed_users
 
-    migrate(database, dict(CHATROOM_BENCH_ENV))
+    migrate(CHATROOM_BENCH_ENV | {"CHATROOM_DATABASE_URL": database_url(database)})
     seed_users(database, ["author"])
 
 
