@@ -1,0 +1,70 @@
+"""Two workers, one room: what is said on one is heard on the other; presence is shared."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.scaleout.conftest import Cluster, ids, new_room, read_messages
+
+pytestmark = pytest.mark.redis
+
+
+async def test_message_sent_on_one_worker_reaches_both(cluster: Cluster) -> None:
+    a, b = cluster.start(2)
+    tokens = await cluster.register("alice", "bob")
+    room = new_room()
+    alice, _, _ = await cluster.join(a, room, tokens["alice"])
+    bob, _, _ = await cluster.join(b, room, tokens["bob"])
+
+    await alice.send("hello from a", client_msg_id="a1")
+    (echo,) = await read_messages(alice, 1)  # the sender's acknowledgement
+    (heard,) = await read_messages(bob, 1)
+    assert echo["client_msg_id"] == "a1"
+    assert heard == echo
+
+    await bob.send("and back from b")
+    (at_b,) = await read_messages(bob, 1)
+    (at_a,) = await read_messages(alice, 1)
+    assert at_a == at_b
+    assert at_a["user"] == "bob" and at_a["body"] == "and back from b"
+    assert at_a["id"] > echo["id"]
+
+    stored = await cluster.stored(room, tokens["alice"])
+    assert ids(stored) == [echo["id"], at_a["id"]]
+
+
+async def test_presence_is_shared_between_workers(cluster: Cluster) -> None:
+    a, b = cluster.start(2)
+    tokens = await cluster.register("alice", "bob", "carol")
+    room = new_room()
+
+    def join(user: str) -> dict[str, str]:
+        return {"type": "join", "room": room, "user": user}
+
+    def leave(user: str) -> dict[str, str]:
+        return {"type": "leave", "room": room, "user": user}
+
+    bob, bob_welcome, _ = await cluster.join(b, room, tokens["bob"])
+    assert bob_welcome["online"] == ["bob"]
+    assert await bob.recv() == join("bob")
+    alice, alice_welcome, _ = await cluster.join(a, room, tokens["alice"])
+    assert alice_welcome["online"] == ["alice", "bob"], "bob, connected on b, is not seen on a"
+    assert await alice.recv() == join("alice")
+    assert await bob.recv() == join("alice")
+
+    carol, carol_welcome, _ = await cluster.join(b, room, tokens["carol"])
+    assert carol_welcome["online"] == ["alice", "bob", "carol"]
+    assert await alice.recv() == join("carol")
+
+    # A second socket of bob's, on the other worker, is no news; closing the first is no leave.
+    bob_on_a, welcome, _ = await cluster.join(a, room, tokens["bob"])
+    assert welcome["online"] == ["alice", "bob", "carol"]
+    await bob.close()
+    await carol.close()
+    assert await alice.recv() == leave("carol"), "expected carol's leave, and nothing of bob"
+
+    await bob_on_a.close()
+    assert await alice.recv() == leave("bob")
+    _, welcome, _ = await cluster.join(b, room, tokens["carol"])
+    assert welcome["online"] == ["alice", "carol"]
+    assert await alice.recv() == join("carol")
