@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from app.chat.hub import Frame
@@ -35,6 +35,9 @@ class Broker(Protocol):
     async def publish(self, room: str, frame: Frame) -> None:
         """Send frame to every subscriber of room, in publish order."""
 
+    async def publish_many(self, frames: Sequence[tuple[str, Frame]]) -> None:
+        """publish() each (room, frame) in order, in as few round trips as the broker allows."""
+
     async def stop(self) -> None: ...
 
 
@@ -50,6 +53,11 @@ class MemoryBroker:
     async def publish(self, room: str, frame: Frame) -> None:
         if self._deliver is not None:
             self._deliver(room, frame)
+
+    async def publish_many(self, frames: Sequence[tuple[str, Frame]]) -> None:
+        if self._deliver is not None:
+            for room, frame in frames:
+                self._deliver(room, frame)
 
     async def stop(self) -> None:
         self._deliver = None
@@ -77,8 +85,18 @@ class RedisBroker:
         await ready  # subscribed: nothing published from now on is missed
 
     async def publish(self, room: str, frame: Frame) -> None:
+        await self._redis.publish(*self._envelope(room, frame))
+
+    async def publish_many(self, frames: Sequence[tuple[str, Frame]]) -> None:
+        # One round trip for a whole committed batch; Redis runs a pipeline in order.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for room, frame in frames:
+                pipe.publish(*self._envelope(room, frame))
+            await pipe.execute()
+
+    def _envelope(self, room: str, frame: Frame) -> tuple[str, str]:
         message_id = "" if frame.message_id is None else str(frame.message_id)
-        await self._redis.publish(self._channel_prefix + room, f"{message_id}:{frame.text}")
+        return self._channel_prefix + room, f"{message_id}:{frame.text}"
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -133,6 +151,19 @@ def redis_client(url: str) -> Redis:
         from redis.asyncio import Redis
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise RuntimeError("a redis:// broker needs `pip install 'chatroom[redis]'`") from exc
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    # A pooled connection opened before a Redis restart fails on first use; retrying on a
+    # fresh one keeps that publish from being lost (a repeat is harmless: sockets drop ids
+    # they already have, and the room lock keeps the order).
     return Redis.from_url(
-        url, decode_responses=True, health_check_interval=10, socket_connect_timeout=5
+        url,
+        decode_responses=True,
+        health_check_interval=10,
+        socket_connect_timeout=5,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=5),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from app.models import Message
+if TYPE_CHECKING:
+    from app.chat.store import StoredMessage
+
 
 MAX_CLIENT_MSG_ID_CHARS = 64
 
@@ -99,7 +101,7 @@ def iso_utc(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def message_payload(message: Message) -> dict[str, Any]:
+def message_payload(message: StoredMessage) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "type": "message",
         "id": message.id,
@@ -121,7 +123,7 @@ def welcome_frame(*, user: str, room: str, online: list[str]) -> str:
     return encode({"type": "welcome", "user": user, "room": room, "online": online})
 
 
-def history_frame(*, room: str, messages: list[Message], has_more: bool) -> str:
+def history_frame(*, room: str, messages: list[StoredMessage], has_more: bool) -> str:
     return encode(
         {
             "type": "history",

@@ -33,9 +33,8 @@ from app.chat.protocol import (
 )
 from app.chat.ratelimit import TokenBucket
 from app.chat.recent import RecentHistory
-from app.chat.store import MessageWriter, Stored, StoreFailed, history_page
+from app.chat.store import MessageWriter, Stored, StoredMessage, StoreFailed, history_page
 from app.config import Settings
-from app.models import Message
 
 logger = logging.getLogger("chatroom.chat")
 
@@ -145,11 +144,11 @@ class ChatService:
             logger.warning("presence of %s unavailable: %s", room, exc)
             return sorted({c.user for c in self.hub.connections(room)} | {user})
 
-    async def _publish_committed(self, messages: Sequence[Message]) -> None:
+    async def _publish_committed(self, messages: Sequence[StoredMessage]) -> None:
         try:
-            for message in messages:
-                frame = Frame(encode(message_payload(message)), message.id)
-                await self.broker.publish(message.room, frame)
+            await self.broker.publish_many(
+                [(m.room, Frame(encode(message_payload(m)), m.id)) for m in messages]
+            )
         except Exception:
             self.recent.forget({m.room for m in messages})  # they will miss these
             raise

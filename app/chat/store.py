@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection, Engine
@@ -32,14 +33,27 @@ class StoreFailed(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Stored:
-    """A message as the store holds it; duplicate: an earlier send already stored it."""
+class StoredMessage:
+    """A stored message as the chat passes it around (ORM instances cost far more to make)."""
 
-    message: Message
+    id: int
+    room: str
+    author: str
+    body: str
+    created_at: datetime
+    client_msg_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """The outcome of a send; duplicate: an earlier send with its client_msg_id stored it."""
+
+    message: StoredMessage
     duplicate: bool = False
 
 
-OnCommit = Callable[[Sequence[Message]], Awaitable[None]]
+OnCommit = Callable[[Sequence[StoredMessage]], Awaitable[None]]
+_COLUMNS = [getattr(Message, name) for name in StoredMessage.__dataclass_fields__]
 
 
 async def history_page(
@@ -49,13 +63,13 @@ async def history_page(
     limit: int,
     before: int | None = None,
     after: int | None = None,
-) -> tuple[list[Message], bool]:
+) -> tuple[list[StoredMessage], bool]:
     """Up to limit messages of room, oldest first, and whether more lie beyond them.
 
     With after: the first messages after that id (has_more: newer ones remain).
     Otherwise: the latest messages before `before` or now (has_more: older ones remain).
     """
-    query = select(Message).where(Message.room == room)
+    query = select(*_COLUMNS).where(Message.room == room)
     if before is not None:
         query = query.where(Message.id < before)
     if after is not None:
@@ -63,7 +77,7 @@ async def history_page(
     else:
         query = query.order_by(Message.id.desc())
     async with sessions() as session:
-        rows = list((await session.scalars(query.limit(limit + 1))).all())
+        rows = [StoredMessage(*row) for row in await session.execute(query.limit(limit + 1))]
     has_more = len(rows) > limit
     rows = rows[:limit]
     if after is None:
@@ -196,7 +210,7 @@ class MessageWriter:
             except Exception:
                 logger.debug("closing a failed writer connection failed", exc_info=True)
 
-    async def _publish(self, messages: list[Message]) -> None:
+    async def _publish(self, messages: list[StoredMessage]) -> None:
         try:
             await self._on_commit(messages)
         except Exception:
@@ -245,7 +259,7 @@ def _insert(connection: Connection, batch: list[_Pending]) -> list[Stored]:
             if sqlite:
                 ids = sorted(ids)
     inserted = {
-        id(p): Message(
+        id(p): StoredMessage(
             id=id_,
             room=p.room,
             author=p.author,
@@ -268,17 +282,18 @@ def _insert(connection: Connection, batch: list[_Pending]) -> list[Stored]:
 
 def _stored_resends(
     connection: Connection, batch: list[_Pending]
-) -> dict[tuple[str, str | None], Message]:
+) -> dict[tuple[str, str | None], StoredMessage]:
     """Messages already stored under the batch's (author, client_msg_id) pairs."""
     keys = {(p.author, p.client_msg_id) for p in batch if p.client_msg_id is not None}
     if not keys:
         return {}
-    query = select(*Message.__table__.columns).where(
+    query = select(*_COLUMNS).where(
         Message.author.in_({author for author, _ in keys}),
         Message.client_msg_id.in_({cid for _, cid in keys}),
     )
     found = {}
     for row in connection.execute(query):
-        if (row.author, row.client_msg_id) in keys:
-            found[(row.author, row.client_msg_id)] = Message(**row._asdict())
+        message = StoredMessage(*row)
+        if (message.author, message.client_msg_id) in keys:
+            found[(message.author, message.client_msg_id)] = message
     return found

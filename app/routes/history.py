@@ -21,7 +21,7 @@ async def room_history(
     services: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     before: Annotated[
-        int | None, Query(ge=1, description="Only messages with a smaller id")
+        int | None, Query(ge=1, le=MAX_MESSAGE_ID, description="Only ids below this")
     ] = None,
     after: Annotated[
         int | None, Query(ge=0, le=MAX_MESSAGE_ID, description="Only ids above this")
