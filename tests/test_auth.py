@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import PASSWORD, LiveServer, register
+from tests.helpers import PASSWORD, LiveServer, register
 
 
 async def test_register_then_token(http: httpx.AsyncClient) -> None:

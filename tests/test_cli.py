@@ -14,7 +14,7 @@ from websockets.sync.client import connect as ws_connect
 
 from app.config import Settings
 from app.secret import load_secret_key
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 
 def run(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

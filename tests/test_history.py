@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from app.config import Settings
-from tests.conftest import ChatClient, LiveServer, connect, join, register
+from tests.helpers import ChatClient, LiveServer, connect, join, register
 
 
 async def send_and_ack(client: ChatClient, bodies: list[str]) -> list[int]:

@@ -9,7 +9,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from app.config import Settings
-from tests.conftest import PASSWORD, LiveServer, connect, join, register
+from tests.helpers import PASSWORD, LiveServer, connect, join, register
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from schemathesis.checks import not_a_server_error
 from app.config import Settings
 from app.main import create_app
 from app.migrate import upgrade
-from tests.conftest import PASSWORD, SECRET, LiveServer
+from tests.helpers import PASSWORD, SECRET, LiveServer
 
 FUZZ_USER = "fuzz-user"
 MAX_EXAMPLES = 25  # per operation and generation mode: keeps the module well under a minute

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from app.security import create_access_token
-from tests.conftest import PASSWORD, SECRET, LiveServer, join, register
+from tests.helpers import PASSWORD, SECRET, LiveServer, join, register
 
 
 async def test_login_form_and_bad_login(http: httpx.AsyncClient) -> None:

@@ -28,7 +28,7 @@ from app.chat.protocol import ClientMessage, FrameError, parse_client_frame
 from app.config import Settings
 from app.migrate import upgrade
 from app.schemas import ROOM_PATTERN, USERNAME_PATTERN, Credentials
-from tests.conftest import PASSWORD, SECRET, LiveServer, join, register
+from tests.helpers import PASSWORD, SECRET, LiveServer, join, register
 
 # The error codes of docs/protocol.md that a text frame can earn (binary_unsupported and
 # store_failed come from elsewhere than the parser).

@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 
 from app.chat import store
 from app.config import Settings
-from tests.conftest import SECRET, ChatClient, LiveServer, free_port, join, register
+from tests.helpers import SECRET, ChatClient, LiveServer, free_port, join, register
 
 
 async def history(http: httpx.AsyncClient, token: str, room: str = "r1") -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import ChatClient, LiveServer, connect, join, register
+from tests.helpers import ChatClient, LiveServer, connect, join, register
 
 
 async def test_message_reaches_sender_and_others(

@@ -11,7 +11,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from app.config import Settings
 from app.security import create_access_token
-from tests.conftest import PASSWORD, SECRET, LiveServer, connect, join, register
+from tests.helpers import PASSWORD, SECRET, LiveServer, connect, join, register
 
 
 async def test_rooms_claim_opens_only_those_rooms(

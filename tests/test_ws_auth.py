@@ -12,7 +12,7 @@ from jose import jwt
 from websockets.exceptions import InvalidStatus
 
 from app.security import create_access_token
-from tests.conftest import SECRET, LiveServer, connect, register
+from tests.helpers import SECRET, LiveServer, connect, register
 
 
 def _b64(data: dict[str, object]) -> str:

@@ -29,7 +29,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 from app.config import Settings
 from app.security import create_access_token
-from tests.conftest import PASSWORD, SECRET, LiveServer
+from tests.helpers import PASSWORD, SECRET, LiveServer
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, Playwright

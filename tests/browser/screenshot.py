@@ -17,7 +17,7 @@ from playwright.async_api import Page, async_playwright, expect
 from app.config import Settings
 from app.migrate import upgrade
 from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, create_account
-from tests.conftest import SECRET, LiveServer
+from tests.helpers import SECRET, LiveServer
 
 ROOM = "ticket-42"
 CONVERSATION = [

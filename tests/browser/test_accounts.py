@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests.browser.conftest import LOOP, Browsers, OpenPoster
-from tests.conftest import PASSWORD, LiveServer
+from tests.helpers import PASSWORD, LiveServer
 
 try:
     from playwright.async_api import expect

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from tests.browser.conftest import LOOP, MAX_MESSAGE_CHARS, Browsers, OpenPoster, say
-from tests.conftest import LiveServer
+from tests.helpers import LiveServer
 
 try:
     from playwright.async_api import expect

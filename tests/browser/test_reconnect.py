@@ -8,7 +8,7 @@ import pytest
 
 from app.config import Settings
 from tests.browser.conftest import LOOP, Browsers, OpenPoster, say
-from tests.conftest import LiveServer
+from tests.helpers import LiveServer
 
 try:
     from playwright.async_api import expect

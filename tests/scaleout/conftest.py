@@ -38,7 +38,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from app.migrate import upgrade
-from tests.conftest import SECRET, ChatClient, connect, free_port, register
+from tests.helpers import SECRET, ChatClient, connect, free_port, register
 
 REPO = Path(__file__).resolve().parents[2]
 REDIS_ENV = "CHATROOM_TEST_REDIS_URL"

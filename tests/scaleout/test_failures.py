@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import ChatClient
+from tests.helpers import ChatClient
 from tests.scaleout.conftest import (
     PRESENCE_TTL,
     Cluster,

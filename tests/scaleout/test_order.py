@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ChatClient
+from tests.helpers import ChatClient
 from tests.scaleout.conftest import (
     Cluster,
     assert_same_messages,

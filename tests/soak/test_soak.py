@@ -46,7 +46,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from tests.conftest import PASSWORD, SECRET, free_port
+from tests.helpers import PASSWORD, SECRET, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ROOMS = 10

@@ -1,0 +1,126 @@
+"""Test helpers: a real server on a free port, and a WebSocket chat client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from typing import Any
+
+import httpx
+import uvicorn
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from app.config import Settings
+from app.main import create_app
+from app.server import uvicorn_options
+
+SECRET = "test-secret-key-that-is-long-enough-for-hs256"
+PASSWORD = "correct horse battery"
+RECV_TIMEOUT = 5.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class LiveServer:
+    """uvicorn serving a fresh app on a real socket, in a thread of its own."""
+
+    def __init__(self, settings: Settings, port: int | None = None) -> None:
+        self.settings = settings
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}"
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> LiveServer:
+        config = uvicorn.Config(
+            create_app(self.settings),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            **uvicorn_options(self.settings),
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("test server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=15)
+            self._server = None
+
+
+async def register(http: httpx.AsyncClient, username: str, password: str = PASSWORD) -> str:
+    """Create an account and return a bearer token for it."""
+    response = await http.post("/auth/register", json={"username": username, "password": password})
+    assert response.status_code == 201, response.text
+    response = await http.post("/auth/token", data={"username": username, "password": password})
+    assert response.status_code == 200, response.text
+    token: str = response.json()["access_token"]
+    return token
+
+
+open_clients: list[ChatClient] = []
+
+
+class ChatClient:
+    """A real WebSocket client that reads JSON frames with a timeout."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        open_clients.append(self)
+
+    async def recv(self, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
+        frame: dict[str, Any] = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+        return frame
+
+    async def recv_type(self, kind: str, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
+        """The next frame of this type, skipping others (presence notices, say)."""
+        while True:
+            frame = await self.recv(timeout)
+            if frame["type"] == kind:
+                return frame
+
+    async def send(self, body: str, **extra: Any) -> None:
+        await self.ws.send(json.dumps({"type": "message", "body": body, **extra}))
+
+    async def join(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Read the welcome and history frames every connection starts with."""
+        welcome = await self.recv()
+        assert welcome["type"] == "welcome", welcome
+        history = await self.recv()
+        assert history["type"] == "history", history
+        return welcome, history
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+async def connect(
+    server: LiveServer, room: str, token: str | None = None, query: str = "", **kwargs: Any
+) -> ChatClient:
+    params = "&".join(p for p in (f"token={token}" if token else "", query) if p)
+    url = f"{server.ws_url}/items/{room}/ws" + (f"?{params}" if params else "")
+    return ChatClient(await websockets.connect(url, **kwargs))
+
+
+async def join(server: LiveServer, room: str, token: str, query: str = "") -> ChatClient:
+    client = await connect(server, room, token, query)
+    await client.join()
+    return client
