@@ -18,7 +18,6 @@ from starlette.requests import HTTPConnection
 from app.models import User
 from app.security import InvalidToken, TokenClaims, decode_access_token
 from app.state import Services
-from app.users import get_user
 
 SESSION_COOKIE = "session"
 CLOSE_POLICY_VIOLATION = 1008
@@ -65,8 +64,7 @@ async def _identify(services: Services, token: str | None) -> Identity | None:
         claims = decode_access_token(token, key=services.secret_key)
     except InvalidToken:
         return None
-    async with services.sessions() as session:
-        user = await get_user(session, username=claims.username)
+    user = await services.users.get(claims.username)
     if user is None or claims.issued_before(user.tokens_valid_after):
         return None
     return Identity(user, claims)

@@ -22,6 +22,7 @@ from app.secret import load_secret_key
 from app.shutdown import install_graceful_stop
 from app.state import Services
 from app.throttle import LoginThrottle
+from app.users import UserCache
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -44,6 +45,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     settings.broker_url, ttl_seconds=settings.presence_ttl_seconds
                 ),
             )
+            users = UserCache(sessions)
+            chat.on_revoked(users.forget)
             await chat.start()
             services = Services(
                 settings=settings,
@@ -51,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 sessions=sessions,
                 secret_key=load_secret_key(settings),
                 chat=chat,
+                users=users,
                 login_throttle=LoginThrottle(
                     per_username=settings.login_failures_per_username,
                     per_address=settings.login_failures_per_address,

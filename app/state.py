@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.chat.service import ChatService
 from app.config import Settings
 from app.throttle import LoginThrottle
+from app.users import UserCache
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,3 +20,4 @@ class Services:
     secret_key: str
     chat: ChatService
     login_throttle: LoginThrottle
+    users: UserCache

@@ -3,14 +3,44 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.models import User, utcnow
 from app.security import hash_password, verify_password
 from app.throttle import LoginThrottle
+
+USER_CACHE_SECONDS = 5.0  # how stale a handshake's view of an account may be
+
+
+class UserCache:
+    """Recently looked-up accounts, so a crowd of handshakes is not a crowd of queries.
+
+    Entries live USER_CACHE_SECONDS; a password change forgets its user at once on every
+    worker (the chat service relays it), so revocation does not wait for expiry.
+    """
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+        self._users: dict[str, tuple[float, User | None]] = {}
+
+    async def get(self, username: str) -> User | None:
+        now = time.monotonic()
+        hit = self._users.get(username)
+        if hit is not None and now - hit[0] < USER_CACHE_SECONDS:
+            return hit[1]
+        async with self._sessions() as session:
+            user = await get_user(session, username=username)
+        if len(self._users) >= 10_000:
+            self._users.clear()  # bounded; a miss only costs one query
+        self._users[username] = (now, user)
+        return user
+
+    def forget(self, username: str) -> None:
+        self._users.pop(username, None)
 
 
 class UsernameTaken(Exception):

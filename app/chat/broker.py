@@ -72,8 +72,9 @@ class RedisBroker:
     order per room (see app/chat/ordering.py for how publishes are ordered).
     """
 
-    def __init__(self, redis: Redis, *, prefix: str = "chatroom:") -> None:
+    def __init__(self, redis: Redis, subscriber: Redis, *, prefix: str = "chatroom:") -> None:
         self._redis = redis
+        self._subscriber = subscriber
         self._channel_prefix = f"{prefix}room:"
         self._task: asyncio.Task[None] | None = None
 
@@ -103,6 +104,7 @@ class RedisBroker:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         await self._redis.aclose()
+        await self._subscriber.aclose()
 
     async def _listen(
         self, deliver: Deliver, resubscribed: Resubscribed, ready: asyncio.Future[None]
@@ -111,7 +113,7 @@ class RedisBroker:
         prefix_length = len(self._channel_prefix)
         while True:
             try:
-                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                async with self._subscriber.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.psubscribe(self._channel_prefix + "*")
                     if not ready.done():
                         ready.set_result(None)
@@ -140,30 +142,39 @@ def create_broker(url: str) -> Broker:
     if scheme == "memory":
         return MemoryBroker()
     if scheme in ("redis", "rediss", "unix"):
-        return RedisBroker(redis_client(url))
+        return RedisBroker(redis_client(url), redis_client(url, retry=False))
     raise ValueError(
         f"unsupported CHATROOM_BROKER_URL scheme {scheme!r}; use memory:// or redis://"
     )
 
 
-def redis_client(url: str) -> Redis:
+def redis_client(url: str, *, retry: bool = True) -> Redis:
+    """A client for url; retry: repeat a command that failed on a dropped connection.
+
+    Publishing retries: a pooled connection opened before a Redis restart fails on first use,
+    and retrying on a fresh one keeps that publish (a repeat is harmless: sockets drop ids they
+    already have, and the room lock keeps the order). The subscriber must not: redis-py would
+    quietly reconnect and resubscribe it, and the listener would never learn that it missed
+    messages and must catch up.
+    """
     try:
         from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialBackoff, NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise RuntimeError("a redis:// broker needs `pip install 'chatroom[redis]'`") from exc
-    from redis.asyncio.retry import Retry
-    from redis.backoff import ExponentialBackoff
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    # A pooled connection opened before a Redis restart fails on first use; retrying on a
-    # fresh one keeps that publish from being lost (a repeat is harmless: sockets drop ids
-    # they already have, and the room lock keeps the order).
+    policy = (
+        Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=5)
+        if retry
+        else Retry(NoBackoff(), retries=0)
+    )
     return Redis.from_url(
         url,
         decode_responses=True,
         health_check_interval=10,
         socket_connect_timeout=5,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=5),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        retry=policy,
+        retry_on_error=[RedisConnectionError, RedisTimeoutError] if retry else [],
     )

@@ -40,6 +40,8 @@ logger = logging.getLogger("chatroom.chat")
 
 SINCE_REPLAY_LIMIT = 1000  # messages replayed for ?since=; beyond it the client pages by REST
 MAX_IN_FLIGHT = 16  # a connection's messages awaiting commit before it stops reading
+# A broker channel no room can have ("!" is not allowed in item ids): revoked usernames.
+REVOCATIONS = "!revoked"
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TIMEOUT_SECONDS = 5.0  # how long a close handshake may take before we move on
@@ -72,6 +74,7 @@ class ChatService:
         self._buckets: dict[str, TokenBucket] = {}
         self._serving: set[asyncio.Future[None]] = set()  # one per socket being served
         self._stopped = False
+        self._revoked_callbacks: list[Callable[[str], None]] = []
 
     async def start(self) -> None:
         await self.broker.start(self._deliver, self._catch_up)
@@ -90,9 +93,22 @@ class ChatService:
         await self.presence.stop()
         await self.broker.stop()
 
-    def disconnect_user(self, user: str, reason: str) -> None:
-        """Close every socket of user here (their credentials were revoked)."""
-        self._abort_all(lambda c: c.user == user, CLOSE_POLICY_VIOLATION, reason)
+    def on_revoked(self, callback: Callable[[str], None]) -> None:
+        """Call callback(user) whenever a user's credentials are revoked, on any worker."""
+        self._revoked_callbacks.append(callback)
+
+    async def revoke(self, user: str) -> None:
+        """The user's tokens were revoked: close their sockets on every worker."""
+        self._revoked(user)  # here at once; the broker's echo of it changes nothing
+        try:
+            await self.broker.publish(REVOCATIONS, Frame(user))
+        except Exception as exc:  # other workers' caches still expire within seconds
+            logger.warning("could not relay the revocation of %s: %s", user, exc)
+
+    def _revoked(self, user: str) -> None:
+        for callback in self._revoked_callbacks:
+            callback(user)
+        self._abort_all(lambda c: c.user == user, CLOSE_POLICY_VIOLATION, "password changed")
 
     def _abort_all(self, which: Callable[[Connection], bool], code: int, reason: str) -> None:
         for room in self.hub.rooms:
@@ -102,6 +118,9 @@ class ChatService:
 
     def _deliver(self, room: str, frame: Frame) -> None:
         """Every frame the broker brings: keep the replays current, then fan out."""
+        if room == REVOCATIONS:
+            self._revoked(frame.text)
+            return
         self.recent.note(room, frame)
         self.hub.deliver(room, frame)
 

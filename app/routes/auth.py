@@ -122,5 +122,5 @@ async def change_password_route(
     if user is None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "wrong current password")
     await change_password(db, user=user, password=body.new_password)
-    services.chat.disconnect_user(user.username, "password changed")
+    await services.chat.revoke(user.username)
     return issue_token(services, user.username)

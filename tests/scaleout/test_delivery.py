@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 
+from tests.helpers import PASSWORD
 from tests.scaleout.conftest import Cluster, ids, new_room, read_messages
 
 pytestmark = pytest.mark.redis
@@ -68,3 +71,27 @@ async def test_presence_is_shared_between_workers(cluster: Cluster) -> None:
     _, welcome, _ = await cluster.join(b, room, tokens["carol"])
     assert welcome["online"] == ["alice", "carol"]
     assert await alice.recv() == join("carol")
+
+
+async def test_password_change_closes_sockets_on_every_worker(cluster: Cluster) -> None:
+    a, b = cluster.start(2)
+    tokens = await cluster.register("alice")
+    room = new_room()
+    on_b, _, _ = await cluster.join(b, room, tokens["alice"])
+    async with httpx.AsyncClient(base_url=a.url) as http:
+        changed = await http.post(
+            "/auth/password",
+            json={"current_password": PASSWORD, "new_password": "another long password"},
+            headers={"Authorization": f"Bearer {tokens['alice']}"},
+        )
+    assert changed.status_code == 200
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            await on_b.recv()
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1008, "password changed")
+    async with httpx.AsyncClient(base_url=b.url) as http:
+        old = await http.get(
+            f"/items/{room}/messages", headers={"Authorization": f"Bearer {tokens['alice']}"}
+        )
+    assert old.status_code == 401
