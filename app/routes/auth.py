@@ -8,8 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.deps import CurrentIdentity, ServicesDep, SessionDep
+from app.models import User
 from app.schemas import PASSWORD_MAX_CHARS, PASSWORD_MIN_CHARS, Credentials, TokenOut, UserOut
 from app.security import create_access_token
 from app.state import Services
@@ -67,16 +69,7 @@ async def token(
     services: ServicesDep,
 ) -> TokenOut:
     """Trade a username and password (OAuth2 password form) for a bearer token."""
-    try:
-        user = await login(
-            db,
-            services.login_throttle,
-            username=form.username,
-            password=form.password,
-            address=client_address(request),
-        )
-    except LoginThrottled as exc:
-        raise too_many_failures(exc) from None
+    user = await _login_or_429(request, db, services, form.username, form.password)
     if user is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -84,6 +77,22 @@ async def token(
             headers={"WWW-Authenticate": "Bearer"},
         )
     return issue_token(services, user.username)
+
+
+async def _login_or_429(
+    request: Request, db: AsyncSession, services: Services, username: str, password: str
+) -> User | None:
+    """The user if the password matches; HTTP 429 after too many recent failures."""
+    try:
+        return await login(
+            db,
+            services.login_throttle,
+            username=username,
+            password=password,
+            address=client_address(request),
+        )
+    except LoginThrottled as exc:
+        raise too_many_failures(exc) from None
 
 
 class PasswordChange(BaseModel):
@@ -109,16 +118,7 @@ async def change_password_route(
 
     Answers a fresh token, so the caller stays signed in.
     """
-    try:
-        user = await login(
-            db,
-            services.login_throttle,
-            username=identity.username,
-            password=body.current_password,
-            address=client_address(request),
-        )
-    except LoginThrottled as exc:
-        raise too_many_failures(exc) from None
+    user = await _login_or_429(request, db, services, identity.username, body.current_password)
     if user is None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "wrong current password")
     await change_password(db, user=user, password=body.new_password)
