@@ -306,3 +306,33 @@ def test_sigterm_finishes_writes_and_closes_sockets_with_1001(tmp_path: Path) ->
         stored = {row[0] for row in db.execute("SELECT id FROM messages")}
     assert {m["id"] for m in acked} <= stored
     assert acked, "no message was acknowledged before the stop"
+
+
+async def test_heartbeat_drops_a_peer_that_vanished_without_a_close(settings: Settings) -> None:
+    """A peer that stops answering pings (its network died) leaves the room all the same."""
+    live = LiveServer(
+        settings.model_copy(update={"ping_interval_seconds": 0.5, "ping_timeout_seconds": 0.5})
+    ).start()
+    try:
+        async with httpx.AsyncClient(base_url=live.url) as http:
+            alice = await join(live, "r1", await register(http, "alice"))
+            ghost_token = await register(http, "ghost")
+        # A raw handshake, then silence: no reads, so no pongs, and no close frame ever.
+        ghost = socket.create_connection(("127.0.0.1", live.port))
+        ghost.sendall(
+            (
+                f"GET /items/r1/ws?token={ghost_token} HTTP/1.1\r\n"
+                f"Host: 127.0.0.1:{live.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        try:
+            assert (await alice.recv_type("join"))["user"] == "alice"
+            assert await alice.recv_type("join") == {"type": "join", "room": "r1", "user": "ghost"}
+            # The peer never answers a ping, so within a few intervals the server drops it.
+            leave = await alice.recv_type("leave", timeout=10)
+            assert leave == {"type": "leave", "room": "r1", "user": "ghost"}
+        finally:
+            ghost.close()
+    finally:
+        live.stop()
