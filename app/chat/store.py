@@ -27,6 +27,7 @@ from app.models import Message, utcnow
 logger = logging.getLogger("chatroom.store")
 
 MAX_BATCH = 512  # messages per transaction; bounds the latency one commit adds
+WRITE_TIMEOUT_SECONDS = 10.0  # a batch insert (PostgreSQL) taking longer is abandoned
 
 
 class StoreFailed(Exception):
@@ -175,7 +176,11 @@ class MessageWriter:
             else:
                 connection = await self._connect()
                 async with self._room_lock.hold(connection, rooms):
-                    results = await connection.run_sync(_insert, batch)
+                    # A writer must never hang: a statement that has not returned by then
+                    # fails the batch (store_failed), and the connection is replaced.
+                    results = await asyncio.wait_for(
+                        connection.run_sync(_insert, batch), WRITE_TIMEOUT_SECONDS
+                    )
                     await self._publish([r.message for r in results if not r.duplicate])
         except Exception as exc:
             await self._disconnect()
