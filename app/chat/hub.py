@@ -1,8 +1,10 @@
 """Rooms of this process: which connections are in which room, and fan-out to them.
 
-Each connection owns a bounded outbox drained by its own sender task, so a slow or dead
-receiver never delays anyone else: fan-out only appends to outboxes, and a connection whose
-outbox overflows is closed with 1013 instead of growing without bound.
+A frame is written to a socket right away, in the fan-out loop, while the socket takes
+writes without waiting: the common case costs no task, no wake-up and no queue. Only a socket
+whose send would wait (its peer reads slowly) gets a bounded outbox and a task that drains it,
+so a slow or dead receiver never delays anyone else; one whose outbox overflows is closed with
+1013 instead of growing without bound. An idle socket holds no task of its own.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass
+from typing import Any
 
 logger = logging.getLogger("chatroom.hub")
 
@@ -26,92 +29,197 @@ class Frame:
     message_id: int | None = None
 
 
-SendText = Callable[[str], Awaitable[None]]
+SendText = Callable[[str], Coroutine[Any, Any, None]]
 
 
 class Connection:
-    """One socket in one room, with its outbox."""
+    """One socket in one room: sends frames inline, queueing only behind a send that waits."""
+
+    __slots__ = (
+        "user",
+        "room",
+        "_send",
+        "_max_frames",
+        "_max_bytes",
+        "_outbox",
+        "_outbox_bytes",
+        "_skip_through",
+        "last_message_id",
+        "started",
+        "close_code",
+        "close_reason",
+        "aborted",
+        "_sender",
+        "owner",
+        "_interrupted",
+    )
 
     def __init__(
-        self, *, user: str, room: str, send: SendText, max_frames: int, max_bytes: int
+        self,
+        *,
+        user: str,
+        room: str,
+        send: SendText,
+        max_frames: int,
+        max_bytes: int,
     ) -> None:
         self.user = user
         self.room = room
         self._send = send
         self._max_frames = max_frames
         self._max_bytes = max_bytes
-        self._outbox: deque[Frame] = deque()
+        # Created on the first frame that has to wait; most sockets never need one.
+        self._outbox: deque[Frame] | None = None
         self._outbox_bytes = 0
-        self._wakeup = asyncio.Event()
         self._skip_through = 0
-        # Highest message id queued or replayed to this socket; set by run_sender at first.
+        # Highest message id queued or replayed to this socket; raised by start() at first.
         self.last_message_id = 0
         self.started = False
+        self.aborted = False
         # Set when the hub gives up on this connection: the close code to send.
         self.close_code: int | None = None
         self.close_reason = ""
-        self._sender: asyncio.Task[None] | None = None
-        self._sending = False
+        self._sender: asyncio.Task[None] | None = None  # only while a send is waiting
+        # The task receiving from this socket, while it waits for frames: an abort
+        # interrupts it, so that the socket ends without a task of its own watching for that.
+        self.owner: asyncio.Task[None] | None = None
+        self._interrupted = False
+
+    def start(self, *, skip_through: int = 0) -> None:
+        """Begin sending, after the history replay.
+
+        Chat messages with id <= skip_through were already sent in the replay; the ones
+        queued meanwhile are dropped here so the client sees each message exactly once.
+        """
+        self._skip_through = skip_through
+        self.last_message_id = max(self.last_message_id, skip_through)
+        self.started = True
+        self._flush()
 
     def offer(self, frame: Frame) -> bool:
-        """Queue frame; False when the outbox is over its limits (0 means no limit).
+        """Send or queue frame; False when the outbox is over its limits (0 means no limit).
 
         A chat message at or below the last one queued is a repeat (a replay after a broker
         outage overlaps what was delivered) and is dropped.
         """
-        if self.close_code is not None:
+        if self.aborted:
             return True
         if frame.message_id is not None:
             if frame.message_id <= self.last_message_id:
                 return True
             self.last_message_id = frame.message_id
+        if self.started and self._sender is None and not self._outbox:
+            self._send_inline(frame.text)
+            return True
+        if self._outbox is None:
+            self._outbox = deque()
         self._outbox.append(frame)
         self._outbox_bytes += len(frame.text)
         if (self._max_frames and len(self._outbox) > self._max_frames) or (
             self._max_bytes and self._outbox_bytes > self._max_bytes
         ):
             return False
-        self._wakeup.set()
         return True
 
-    def abort(self, code: int, reason: str) -> None:
-        """Stop sending: drop what is queued and make the sender return."""
-        if self.close_code is None:
+    def abort(self, code: int | None, reason: str = "") -> None:
+        """Stop sending, drop what is queued and end the socket: closed with code, or
+        without a close frame when code is None (the peer is gone)."""
+        if not self.aborted:
+            self.aborted = True
             self.close_code = code
             self.close_reason = reason
-        self._outbox.clear()
+            if self.owner is not None:
+                # Soon, not now: the owner may be the caller, and must be suspended (in
+                # its receive) when the cancellation lands.
+                asyncio.get_running_loop().call_soon(self._interrupt)
+        self._outbox = None
         self._outbox_bytes = 0
-        self._wakeup.set()
-        if self._sending and self._sender is not None:
+        if self._sender is not None:
             self._sender.cancel()  # stuck in a send to a peer that does not read
+            self._sender = None
 
-    async def run_sender(self, *, skip_through: int = 0) -> None:
-        """Drain the outbox into the socket until aborted.
+    def _interrupt(self) -> None:
+        if self.owner is not None and not self._interrupted:
+            self._interrupted = True
+            self.owner.cancel()
 
-        Chat messages with id <= skip_through were already sent in the history replay;
-        they are dropped here so the client sees each message exactly once.
+    def interrupted_by_abort(self) -> bool:
+        """For the owner that caught CancelledError: was it this connection's abort alone?
+
+        Consumes the abort's cancellation request, so the owner may carry on closing.
         """
-        self._skip_through = skip_through
-        self.last_message_id = max(self.last_message_id, skip_through)
-        self.started = True
-        self._sender = asyncio.current_task()
-        while True:
-            while not self._outbox:
-                if self.close_code is not None:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            if self.close_code is not None:
-                return
-            frame = self._outbox.popleft()
+        return self._interrupted and self.owner is not None and self.owner.uncancel() == 0
+
+    def _flush(self) -> None:
+        """Send queued frames inline until one has to wait (or none is left)."""
+        outbox = self._outbox
+        while outbox and self._sender is None and not self.aborted:
+            frame = outbox.popleft()
             self._outbox_bytes -= len(frame.text)
-            if frame.message_id is not None and frame.message_id <= self._skip_through:
-                continue
-            self._sending = True
+            if frame.message_id is None or frame.message_id > self._skip_through:
+                self._send_inline(frame.text)
+
+    def _send_inline(self, text: str) -> None:
+        """Run the send coroutine up to its first wait; only a send that waits gets a task.
+
+        The ASGI send of uvicorn (and any server that writes to a transport with room in its
+        buffer) finishes without suspending, so one step runs it to the end.
+        """
+        coroutine = self._send(text)
+        try:
+            waiting = coroutine.send(None)
+        except StopIteration:
+            return
+        except Exception as exc:
+            self._failed(exc)
+            return
+        self._sender = asyncio.get_running_loop().create_task(self._finish(coroutine, waiting))
+
+    async def _finish(self, coroutine: Coroutine[Any, Any, None], waiting: Any) -> None:
+        """Complete a send that waited, then drain what queued behind it."""
+        try:
+            await _Resume(coroutine, waiting)
+            self._sender = None
+            self._flush()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._sender = None
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        # A send to a socket the peer already closed is how most connections end.
+        if not isinstance(exc, OSError | RuntimeError) and type(exc).__name__ != (
+            "WebSocketDisconnect"
+        ):
+            logger.error("sending to %s failed", self.user, exc_info=exc)
+        self.abort(None)
+
+
+class _Resume:
+    """Await a coroutine that has already been stepped once and is waiting on `waiting`."""
+
+    __slots__ = ("_coroutine", "_waiting")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, None], waiting: Any) -> None:
+        self._coroutine = coroutine
+        self._waiting = waiting
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coroutine, waiting = self._coroutine, self._waiting
+        while True:
             try:
-                await self._send(frame.text)
-            finally:
-                self._sending = False
+                sent = yield waiting
+            except BaseException as exc:  # cancellation: hand it to the coroutine
+                try:
+                    waiting = coroutine.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    waiting = coroutine.send(sent)
+                except StopIteration:
+                    return
 
 
 class Hub:

@@ -11,7 +11,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -233,8 +233,8 @@ class ChatService:
             await websocket.send_text(history)
             if first:
                 await self._announce("join", room, user)
-            skip_through = last_id or since or 0
-            await self._pump(websocket, connection, skip_through, expires_at)
+            connection.start(skip_through=last_id or since or 0)
+            await self._receive_until_done(websocket, connection, expires_at)
         except WebSocketDisconnect:
             pass
         finally:
@@ -259,19 +259,13 @@ class ChatService:
         frame = history_frame(room=room, messages=messages, has_more=has_more)
         return frame, messages[-1].id if messages else 0
 
-    async def _pump(
-        self,
-        websocket: WebSocket,
-        connection: Connection,
-        skip_through: int,
-        expires_at: float | None,
+    async def _receive_until_done(
+        self, websocket: WebSocket, connection: Connection, expires_at: float | None
     ) -> None:
-        """Send and receive concurrently; the first to end (or an abort) ends both."""
-        # An abort (overflow, revocation, shutdown) makes the sender return; so does expiry.
-        tasks = {
-            asyncio.create_task(connection.run_sender(skip_through=skip_through)),
-            asyncio.create_task(self._receive(websocket, connection)),
-        }
+        """Receive in the socket's own task until the peer leaves or the hub aborts it.
+
+        No task waits for the abort: the abort cancels this one (see Connection.abort).
+        """
         expiry = None
         if expires_at is not None:
             # Long-lived sockets must not outlive the credentials that opened them.
@@ -281,23 +275,22 @@ class ChatService:
                 CLOSE_POLICY_VIOLATION,
                 "token expired",
             )
+        connection.owner = asyncio.current_task()
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if not connection.aborted:
+                await self._receive(websocket, connection)
+        except asyncio.CancelledError:
+            if not connection.interrupted_by_abort():
+                raise
+        except (RuntimeError, OSError):
+            pass  # the socket broke under us; the peer is gone
         finally:
+            connection.owner = None
             if expiry is not None:
                 expiry.cancel()
-            for task in tasks:
-                task.cancel()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-        for result in results:
-            # A send to a socket the peer already closed is how most connections end.
-            if isinstance(result, Exception) and not isinstance(
-                result, WebSocketDisconnect | RuntimeError | OSError
-            ):
-                logger.error("connection of %s failed", connection.user, exc_info=result)
 
     async def _receive(self, websocket: WebSocket, connection: Connection) -> None:
-        in_flight: deque[asyncio.Future[Stored]] = deque()
+        in_flight: list[asyncio.Future[Stored]] = []  # a list: at most MAX_IN_FLIGHT
         settings = self.settings
         bucket = self._buckets.setdefault(
             connection.user, TokenBucket(settings.rate_limit, settings.rate_burst)
@@ -342,7 +335,7 @@ class ChatService:
             in_flight.append(future)
             while in_flight and (in_flight[0].done() or len(in_flight) >= MAX_IN_FLIGHT):
                 with contextlib.suppress(StoreFailed):
-                    await in_flight.popleft()
+                    await in_flight.pop(0)
 
 
 def _answer_sender(

@@ -1,0 +1,150 @@
+"""The hub's per-socket sending, against a fake socket whose writes can be made to wait.
+
+The real-socket tests (test_reliability.py) show the same from outside; these pin down the
+order and exactly-once guarantees around a send that has to wait, which is where inline
+sending hands over to a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from app.chat.hub import Connection, Frame, Hub
+
+
+class FakeSocket:
+    """Records what was sent; while `paused`, a send waits like a full transport."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.paused = False
+        self.resumed = asyncio.Event()
+        self.fail: Exception | None = None
+
+    async def send(self, text: str) -> None:
+        if self.paused:
+            await self.resumed.wait()
+        if self.fail is not None:
+            raise self.fail
+        self.sent.append(text)
+
+    def resume(self) -> None:
+        self.paused = False
+        self.resumed.set()
+
+
+def connect(socket: FakeSocket, *, max_frames: int = 0) -> Connection:
+    return Connection(user="ann", room="r", send=socket.send, max_frames=max_frames, max_bytes=0)
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_frames_are_written_in_the_fan_out_itself_when_the_socket_takes_them() -> None:
+    socket = FakeSocket()
+    connection = connect(socket)
+    connection.start()
+    connection.offer(Frame("a"))
+    connection.offer(Frame("b"))
+    # Nothing awaited yet: the writes happened inside offer().
+    assert socket.sent == ["a", "b"]
+
+
+async def test_frames_behind_a_waiting_send_arrive_once_and_in_order() -> None:
+    socket = FakeSocket()
+    connection = connect(socket)
+    connection.start()
+    socket.paused = True
+    for text in "abcd":
+        assert connection.offer(Frame(text))
+    assert socket.sent == []
+    socket.resume()
+    await settle()
+    assert socket.sent == ["a", "b", "c", "d"]
+    connection.offer(Frame("e"))  # back to writing inline
+    assert socket.sent == ["a", "b", "c", "d", "e"]
+
+
+async def test_frames_queued_before_the_replay_skip_what_it_held() -> None:
+    socket = FakeSocket()
+    connection = connect(socket)
+    for message_id in (4, 5, 6):
+        connection.offer(Frame(f"m{message_id}", message_id))
+    connection.offer(Frame("notice"))
+    connection.start(skip_through=5)  # the history replay held messages up to 5
+    assert socket.sent == ["m6", "notice"]
+
+
+async def test_an_outbox_over_its_limit_is_refused_while_others_still_get_frames() -> None:
+    slow, fast = FakeSocket(), FakeSocket()
+    hub = Hub()
+    slow_connection, fast_connection = connect(slow, max_frames=2), connect(fast)
+    for connection in (slow_connection, fast_connection):
+        hub.add(connection)
+        connection.start()
+    slow.paused = True
+    for message_id in range(1, 5):
+        hub.deliver("r", Frame(f"m{message_id}", message_id))
+    assert slow_connection.aborted and slow_connection.close_code == 1013
+    assert fast.sent == ["m1", "m2", "m3", "m4"]
+    slow.resume()
+    await settle()
+    assert slow.sent == []  # the waiting send was cancelled, not completed after the abort
+
+
+async def test_an_abort_interrupts_the_task_receiving_for_the_socket() -> None:
+    connection = connect(FakeSocket())
+    connection.start()
+    interrupted = asyncio.Event()
+
+    async def receive_forever() -> None:
+        connection.owner = asyncio.current_task()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            if connection.interrupted_by_abort():
+                interrupted.set()
+                return
+            raise
+
+    task = asyncio.create_task(receive_forever())
+    await settle()
+    connection.abort(1008, "password changed")
+    await asyncio.wait_for(task, 1)
+    assert interrupted.is_set() and connection.close_code == 1008
+
+
+async def test_a_real_cancellation_is_not_mistaken_for_an_abort() -> None:
+    connection = connect(FakeSocket())
+
+    async def receive_forever() -> None:
+        connection.owner = asyncio.current_task()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            if connection.interrupted_by_abort():
+                return
+            raise
+
+    task = asyncio.create_task(receive_forever())
+    await settle()
+    connection.abort(1008, "password changed")
+    task.cancel()  # e.g. the server is being torn down, in the same loop turn
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_send_that_fails_ends_the_socket_without_a_close_frame() -> None:
+    socket = FakeSocket()
+    connection = connect(socket)
+    connection.start()
+    socket.fail = ConnectionResetError("peer gone")
+    connection.offer(Frame("a"))
+    assert connection.aborted and connection.close_code is None
+    socket.fail = None
+    connection.offer(Frame("b"))
+    assert socket.sent == []
