@@ -25,7 +25,8 @@ CLOSE_POLICY_VIOLATION = 1008
 bearer = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
 
 
-def get_services(connection: HTTPConnection) -> Services:
+async def get_services(connection: HTTPConnection) -> Services:
+    # async, though it never awaits: FastAPI runs a plain `def` dependency in a thread pool.
     services: Services = connection.state.services
     return services
 
