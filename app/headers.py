@@ -8,7 +8,7 @@ Swagger UI from a CDN with an inline script; their paths are exempt from the pol
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,10 +32,13 @@ class SecurityHeaders:
         self.app = app
         self.exempt = frozenset(path for path in exempt_paths if path)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            # Handed on, not awaited here: no frame of ours held for a socket's whole life.
+            return self.app(scope, receive, send)
+        return self._http(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         exempt = scope["path"] in self.exempt
 
         async def send_with_headers(message: Message) -> None:
