@@ -52,6 +52,7 @@ class Connection:
         "_sender",
         "owner",
         "_interrupted",
+        "expires_at",
     )
 
     def __init__(
@@ -62,8 +63,10 @@ class Connection:
         send: SendText,
         max_frames: int,
         max_bytes: int,
+        expires_at: float | None = None,
     ) -> None:
         self.user = user
+        self.expires_at = expires_at  # when the token that opened the socket expires
         self.room = room
         self._send = send
         self._max_frames = max_frames

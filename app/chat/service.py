@@ -45,6 +45,7 @@ REVOCATIONS = "!revoked"
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TIMEOUT_SECONDS = 5.0  # how long a close handshake may take before we move on
+EXPIRY_SWEEP_SECONDS = 1.0  # a socket closes at most this long after its token expires
 
 
 class ChatService:
@@ -72,7 +73,10 @@ class ChatService:
         # Per user, across their sockets in this process.
         self._sockets_of: Counter[str] = Counter()
         self._buckets: dict[str, TokenBucket] = {}
-        self._serving: set[asyncio.Future[None]] = set()  # one per socket being served
+        self._serving = 0  # sockets being served; _all_done is set when none is
+        self._all_done = asyncio.Event()
+        self._all_done.set()
+        self._expiry: asyncio.Task[None] | None = None
         self._stopped = False
         self._revoked_callbacks: list[Callable[[str], None]] = []
 
@@ -80,6 +84,7 @@ class ChatService:
         await self.broker.start(self._deliver, self._catch_up)
         await self.presence.start(self.hub.members, self._announce)
         self.writer.start()
+        self._expiry = asyncio.create_task(self._expire_tokens(), name="chatroom-token-expiry")
 
     async def stop(self) -> None:
         """Finish in-flight writes and broadcasts, then close every socket with 1001."""
@@ -88,8 +93,10 @@ class ChatService:
         self._stopped = True
         await self.writer.stop()
         self._abort_all(lambda _: True, CLOSE_GOING_AWAY, "server shutting down")
-        if self._serving:
-            await asyncio.wait(self._serving, timeout=CLOSE_TIMEOUT_SECONDS + 1)
+        if self._expiry is not None:
+            self._expiry.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._all_done.wait(), CLOSE_TIMEOUT_SECONDS + 1)
         await self.presence.stop()
         await self.broker.stop()
 
@@ -115,6 +122,20 @@ class ChatService:
             for connection in self.hub.connections(room):
                 if which(connection):
                     connection.abort(code, reason)
+
+    async def _expire_tokens(self) -> None:
+        """Close sockets whose token has expired: one sweep a second for all of them.
+
+        Long-lived sockets must not outlive the credentials that opened them. A timer per
+        socket would be exact, but costs more memory per idle socket than a second is worth.
+        """
+        while True:
+            await asyncio.sleep(EXPIRY_SWEEP_SECONDS)
+            now = time.time()
+            for room in self.hub.rooms:
+                for connection in self.hub.connections(room):
+                    if connection.expires_at is not None and connection.expires_at <= now:
+                        connection.abort(CLOSE_POLICY_VIOLATION, "token expired")
 
     def _deliver(self, room: str, frame: Frame) -> None:
         """Every frame the broker brings: keep the replays current, then fan out."""
@@ -181,9 +202,12 @@ class ChatService:
         since: int | None,
         expires_at: float | None = None,
     ) -> None:
-        """Run an accepted socket until either side ends it (or its token expires)."""
-        settings = self.settings
-        limit = settings.max_connections_per_user
+        """Run an accepted socket until either side ends it (or its token expires).
+
+        One coroutine for the whole life of the socket, receiving in the socket's own task:
+        with thousands of idle sockets, every frame and task kept per socket is memory.
+        """
+        limit = self.settings.max_connections_per_user
         if self._stopped:
             await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
             return
@@ -192,38 +216,19 @@ class ChatService:
                 CLOSE_POLICY_VIOLATION, f"too many connections: at most {limit} per user"
             )
             return
-        done = asyncio.get_running_loop().create_future()
-        self._serving.add(done)
         self._sockets_of[user] += 1
-        try:
-            await self._serve(websocket, user=user, room=room, since=since, expires_at=expires_at)
-        finally:
-            done.set_result(None)
-            self._serving.discard(done)
-            self._sockets_of[user] -= 1
-            if not self._sockets_of[user]:
-                del self._sockets_of[user]
-                self._buckets.pop(user, None)
-
-    async def _serve(
-        self,
-        websocket: WebSocket,
-        *,
-        user: str,
-        room: str,
-        since: int | None,
-        expires_at: float | None,
-    ) -> None:
-        settings = self.settings
+        self._serving += 1
+        self._all_done.clear()
         connection = Connection(
             user=user,
             room=room,
             send=websocket.send_text,
-            max_frames=settings.send_buffer_frames,
-            max_bytes=settings.send_buffer_bytes,
+            max_frames=self.settings.send_buffer_frames,
+            max_bytes=self.settings.send_buffer_bytes,
+            expires_at=expires_at,
         )
         # Registered before the history query: whatever is committed from now on is queued,
-        # and the sender drops what the replay already held, so nothing is missed or doubled.
+        # and start() drops what the replay already held, so nothing is missed or doubled.
         first_here = self.hub.add(connection)
         try:
             first = first_here and await self._presence(self.presence.join, room, user)
@@ -234,10 +239,18 @@ class ChatService:
             if first:
                 await self._announce("join", room, user)
             connection.start(skip_through=last_id or since or 0)
-            await self._receive_until_done(websocket, connection, expires_at)
-        except WebSocketDisconnect:
-            pass
+            # From here an abort (overflow, revocation, expiry, shutdown) cancels this task
+            # in its receive; no other task watches for it (see Connection.abort).
+            connection.owner = asyncio.current_task()
+            if not connection.aborted:
+                await self._receive(websocket, connection)
+        except asyncio.CancelledError:
+            if not connection.interrupted_by_abort():
+                raise
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass  # the peer left, or the socket broke under us
         finally:
+            connection.owner = None
             if self.hub.remove(connection) and await self._presence(
                 self.presence.leave, room, user
             ):
@@ -248,6 +261,13 @@ class ChatService:
                         websocket.close(connection.close_code, connection.close_reason),
                         CLOSE_TIMEOUT_SECONDS,
                     )
+            self._sockets_of[user] -= 1
+            if not self._sockets_of[user]:
+                del self._sockets_of[user]
+                self._buckets.pop(user, None)
+            self._serving -= 1
+            if not self._serving:
+                self._all_done.set()
 
     async def _replay(self, room: str, since: int | None) -> tuple[str, int]:
         """The history frame for a joining socket, and the last id it holds (0: none)."""
@@ -258,36 +278,6 @@ class ChatService:
         )
         frame = history_frame(room=room, messages=messages, has_more=has_more)
         return frame, messages[-1].id if messages else 0
-
-    async def _receive_until_done(
-        self, websocket: WebSocket, connection: Connection, expires_at: float | None
-    ) -> None:
-        """Receive in the socket's own task until the peer leaves or the hub aborts it.
-
-        No task waits for the abort: the abort cancels this one (see Connection.abort).
-        """
-        expiry = None
-        if expires_at is not None:
-            # Long-lived sockets must not outlive the credentials that opened them.
-            expiry = asyncio.get_running_loop().call_later(
-                max(0.0, expires_at - time.time()),
-                connection.abort,
-                CLOSE_POLICY_VIOLATION,
-                "token expired",
-            )
-        connection.owner = asyncio.current_task()
-        try:
-            if not connection.aborted:
-                await self._receive(websocket, connection)
-        except asyncio.CancelledError:
-            if not connection.interrupted_by_abort():
-                raise
-        except (RuntimeError, OSError):
-            pass  # the socket broke under us; the peer is gone
-        finally:
-            connection.owner = None
-            if expiry is not None:
-                expiry.cancel()
 
     async def _receive(self, websocket: WebSocket, connection: Connection) -> None:
         in_flight: list[asyncio.Future[Stored]] = []  # a list: at most MAX_IN_FLIGHT
