@@ -15,7 +15,6 @@ from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
-from app.models import User
 from app.security import InvalidToken, TokenClaims, decode_access_token
 from app.state import Services
 
@@ -44,15 +43,16 @@ SessionDep = Annotated[AsyncSession, Depends(get_db)]
 
 
 class Identity:
-    """An authenticated user and what their token allows."""
+    """An authenticated user and what their token allows.
 
-    def __init__(self, user: User, claims: TokenClaims) -> None:
-        self.user = user
+    The name, not the account row: a socket keeps its Identity for its whole life.
+    """
+
+    __slots__ = ("username", "claims")
+
+    def __init__(self, username: str, claims: TokenClaims) -> None:
+        self.username = username
         self.claims = claims
-
-    @property
-    def username(self) -> str:
-        return self.user.username
 
     def may_enter(self, room: str) -> bool:
         return self.claims.rooms is None or room in self.claims.rooms
@@ -68,7 +68,7 @@ async def _identify(services: Services, token: str | None) -> Identity | None:
     user = await services.users.get(claims.username)
     if user is None or claims.issued_before(user.tokens_valid_after):
         return None
-    return Identity(user, claims)
+    return Identity(user.username, claims)
 
 
 async def current_identity(

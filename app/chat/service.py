@@ -231,14 +231,7 @@ class ChatService:
         # and start() drops what the replay already held, so nothing is missed or doubled.
         first_here = self.hub.add(connection)
         try:
-            first = first_here and await self._presence(self.presence.join, room, user)
-            history, last_id = await self._replay(room, since)
-            online = await self._online(room, user)
-            await websocket.send_text(welcome_frame(user=user, room=room, online=online))
-            await websocket.send_text(history)
-            if first:
-                await self._announce("join", room, user)
-            connection.start(skip_through=last_id or since or 0)
+            await self._join(websocket, connection, since, announce=first_here)
             # From here an abort (overflow, revocation, expiry, shutdown) cancels this task
             # in its receive; no other task watches for it (see Connection.abort).
             connection.owner = asyncio.current_task()
@@ -269,6 +262,24 @@ class ChatService:
             if not self._serving:
                 self._all_done.set()
 
+    async def _join(
+        self, websocket: WebSocket, connection: Connection, since: int | None, *, announce: bool
+    ) -> None:
+        """Welcome, history and the join notice; then the connection starts sending.
+
+        Its own coroutine, so that the replay (up to SINCE_REPLAY_LIMIT messages for a
+        resume) and the member list are dropped once sent, not kept for the socket's life.
+        """
+        room, user = connection.room, connection.user
+        first = announce and await self._presence(self.presence.join, room, user)
+        history, last_id = await self._replay(room, since)
+        online = await self._online(room, user)
+        await websocket.send_text(welcome_frame(user=user, room=room, online=online))
+        await websocket.send_text(history)
+        if first:
+            await self._announce("join", room, user)
+        connection.start(skip_through=last_id or since or 0)
+
     async def _replay(self, room: str, since: int | None) -> tuple[str, int]:
         """The history frame for a joining socket, and the last id it holds (0: none)."""
         if since is None:
@@ -280,52 +291,71 @@ class ChatService:
         return frame, messages[-1].id if messages else 0
 
     async def _receive(self, websocket: WebSocket, connection: Connection) -> None:
-        in_flight: list[asyncio.Future[Stored]] = []  # a list: at most MAX_IN_FLIGHT
-        settings = self.settings
+        # The sender's messages awaiting their commit; each leaves the list when done.
+        in_flight: list[asyncio.Future[Stored]] = []
         bucket = self._buckets.setdefault(
-            connection.user, TokenBucket(settings.rate_limit, settings.rate_burst)
+            connection.user, TokenBucket(self.settings.rate_limit, self.settings.rate_burst)
         )
         while True:
             event = await websocket.receive()
             if event["type"] == "websocket.disconnect":
                 return
-            text = event.get("text")
-            if text is None:
-                connection.offer(
-                    Frame(error_frame("binary_unsupported", "send text frames, not binary"))
-                )
-                continue
-            try:
-                message = parse_client_frame(text, max_chars=settings.max_message_chars)
-            except FrameError as exc:
-                connection.offer(Frame(error_frame(exc.code, exc.detail, exc.client_msg_id)))
-                continue
-            wait = bucket.take()
-            if wait:
-                connection.offer(
-                    Frame(
-                        error_frame(
-                            "rate_limited",
-                            f"too many messages: at most {settings.rate_limit:g} a second",
-                            message.client_msg_id,
-                            retry_after=round(wait, 3),
-                        )
+            future = self._take(connection, bucket, event.get("text"))
+            del event  # an idle socket must not keep its last frame (up to 64 KiB) alive
+            if future is not None:
+                in_flight.append(future)
+                future.add_done_callback(functools.partial(_forget, in_flight))
+                del future
+            while len(in_flight) >= MAX_IN_FLIGHT:  # stop reading until the oldest is stored
+                oldest = in_flight[0]
+                with contextlib.suppress(StoreFailed):
+                    await oldest
+                _forget(in_flight, oldest)  # now: its callback may not have run yet
+                del oldest
+
+    def _take(
+        self, connection: Connection, bucket: TokenBucket, text: str | None
+    ) -> asyncio.Future[Stored] | None:
+        """Parse, rate-limit and submit one frame; refusals are answered on the socket."""
+        settings = self.settings
+        if text is None:
+            connection.offer(
+                Frame(error_frame("binary_unsupported", "send text frames, not binary"))
+            )
+            return None
+        try:
+            message = parse_client_frame(text, max_chars=settings.max_message_chars)
+        except FrameError as exc:
+            connection.offer(Frame(error_frame(exc.code, exc.detail, exc.client_msg_id)))
+            return None
+        wait = bucket.take()
+        if wait:
+            connection.offer(
+                Frame(
+                    error_frame(
+                        "rate_limited",
+                        f"too many messages: at most {settings.rate_limit:g} a second",
+                        message.client_msg_id,
+                        retry_after=round(wait, 3),
                     )
                 )
-                continue
-            future = self.writer.submit(
-                room=connection.room,
-                author=connection.user,
-                body=message.body,
-                client_msg_id=message.client_msg_id,
             )
-            future.add_done_callback(
-                functools.partial(_answer_sender, connection=connection, cid=message.client_msg_id)
-            )
-            in_flight.append(future)
-            while in_flight and (in_flight[0].done() or len(in_flight) >= MAX_IN_FLIGHT):
-                with contextlib.suppress(StoreFailed):
-                    await in_flight.pop(0)
+            return None
+        future = self.writer.submit(
+            room=connection.room,
+            author=connection.user,
+            body=message.body,
+            client_msg_id=message.client_msg_id,
+        )
+        future.add_done_callback(
+            functools.partial(_answer_sender, connection=connection, cid=message.client_msg_id)
+        )
+        return future
+
+
+def _forget(in_flight: list[asyncio.Future[Stored]], future: asyncio.Future[Stored]) -> None:
+    with contextlib.suppress(ValueError):
+        in_flight.remove(future)
 
 
 def _answer_sender(
