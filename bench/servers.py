@@ -316,11 +316,13 @@ def _environment(workdir: Path, spec: ServerSpec, postgres_database: str | None)
     return env
 
 
-def start(spec: ServerSpec, users: list[str], attempts: int = 3) -> Server:
+def start(
+    spec: ServerSpec, users: list[str], attempts: int = 3, extra_env: dict[str, str] | None = None
+) -> Server:
     """Start a fresh server; retried, as others may be editing app/ while the bench runs."""
     for attempt in range(1, attempts + 1):
         try:
-            return _start(spec, users)
+            return _start(spec, users, extra_env=extra_env)
         except (RuntimeError, subprocess.CalledProcessError) as exc:
             if attempt == attempts:
                 raise
@@ -329,7 +331,12 @@ def start(spec: ServerSpec, users: list[str], attempts: int = 3) -> Server:
     raise AssertionError("unreachable")
 
 
-def _start(spec: ServerSpec, users: list[str], timeout: float = 30.0) -> Server:
+def _start(
+    spec: ServerSpec,
+    users: list[str],
+    timeout: float = 30.0,
+    extra_env: dict[str, str] | None = None,
+) -> Server:
     """Start a fresh server (fresh database) with these users, and wait until it answers
     (with --workers N: until every worker has started, so that none gets all the sockets)."""
     workdir = tempfile.TemporaryDirectory(prefix="chatroom-bench-")
@@ -337,7 +344,7 @@ def _start(spec: ServerSpec, users: list[str], timeout: float = 30.0) -> Server:
     postgres_database = None
     if spec.kind == "chatroom" and spec.database == "postgres":
         postgres_database = create_postgres_database()
-    env = _environment(path, spec, postgres_database)
+    env = _environment(path, spec, postgres_database) | (extra_env or {})
     port = free_port()
     tokens: dict[str, str] = {}
     try:
