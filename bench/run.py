@@ -19,6 +19,7 @@ import json
 import multiprocessing
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -519,9 +520,13 @@ def _get(bench: Bench, scenario: str, server: str, key: str) -> float | None:
     return float(result.values[key])
 
 
-def targets(bench: Bench) -> list[tuple[str, str, str, str, str]]:
-    """(target, chatroom, baseline, ratio, verdict) for each target that was measured."""
-    rows = []
+Row = tuple[str, str, str, str, str, float, Callable[[float], bool]]
+
+
+def targets(bench: Bench) -> list[Row]:
+    """(target, chatroom, baseline, ratio, verdict, judged figure, goal) for each target
+    that was measured; the last two let --repeat judge the median of several rounds."""
+    rows: list[Row] = []
 
     def ratio_row(
         label: str, chat: float | None, base: float | None, unit: str, goal: str, ok: Callable
@@ -530,8 +535,17 @@ def targets(bench: Bench) -> list[tuple[str, str, str, str, str]]:
             return
         ratio = chat / base
         verdict = "met" if ok(ratio) else "MISSED"
-        rows.append((label, f"{chat:g} {unit}", f"{base:g} {unit}", f"x{ratio:.2f}", verdict))
-        rows[-1] = (*rows[-1][:4], f"{verdict} (goal {goal})")
+        rows.append(
+            (
+                label,
+                f"{chat:g} {unit}",
+                f"{base:g} {unit}",
+                f"x{ratio:.2f}",
+                f"{verdict} (goal {goal})",
+                ratio,
+                ok,
+            )
+        )
 
     ratio_row(
         "fan-out server CPU/delivery",
@@ -559,6 +573,8 @@ def targets(bench: Bench) -> list[tuple[str, str, str, str, str]]:
                 f"{tut_storm:g} s",
                 f"{speedup:.2f}x faster",
                 f"{verdict} (goal >= 8x)",
+                speedup if complete else 0.0,
+                lambda x: x >= 8,
             )
         )
     ratio_row(
@@ -587,6 +603,8 @@ def targets(bench: Bench) -> list[tuple[str, str, str, str, str]]:
                 f"{base:g} ms" if base is not None else "-",
                 f"x{p99 / base:.2f}" if base else "-",
                 f"{'met' if p99 < 10 else 'MISSED'} (goal < 10 ms)",
+                p99,
+                lambda x: x < 10,
             )
         )
     return rows
@@ -629,8 +647,34 @@ def multi_worker_table(bench: Bench) -> list[str]:
     return lines
 
 
-def markdown(bench: Bench, command: str) -> str:
+def repeat_table(rounds: list[Bench]) -> list[str]:
+    """Each target's figure in every round, and the verdict on their median."""
+    figures: dict[str, list[float]] = {}
+    goals: dict[str, Callable[[float], bool]] = {}
+    for bench in rounds:
+        for row in targets(bench):
+            figures.setdefault(row[0], []).append(row[5])
+            goals[row[0]] = row[6]
+    lines = [
+        "",
+        f"Over {len(rounds)} rounds (ratio, speedup or p99 ms; median judged):",
+        "",
+        "| target | rounds | median | verdict |",
+        "| --- | --- | --- | --- |",
+    ]
+    for label, values in figures.items():
+        middle = statistics.median(values)
+        verdict = "met" if goals[label](middle) else "MISSED"
+        shown = ", ".join(f"{value:.2f}" for value in values)
+        lines.append(f"| {label} | {shown} | {middle:.2f} | {verdict} |")
+    return lines
+
+
+def markdown(bench: Bench, command: str, rounds: list[Bench] | None = None) -> str:
     lines = [f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: `{command}`"]
+    if rounds and len(rounds) > 1:
+        lines += repeat_table(rounds)
+        lines += ["", "The last round:"]
     rows = targets(bench)
     if rows:
         lines += [
@@ -638,7 +682,7 @@ def markdown(bench: Bench, command: str) -> str:
             "| target | chatroom | baseline | ratio | verdict |",
             "| --- | --- | --- | --- | --- |",
         ]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines += ["| " + " | ".join(row[:5]) + " |" for row in rows]
     lines += multi_worker_table(bench)
     lines += ["", "| scenario | server | measurements |", "| --- | --- | --- |"]
     for result in bench.results:
@@ -664,6 +708,13 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy raw stacks here")
     parser.add_argument("--markdown", type=Path, help="also write the tables here")
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run everything N times, alternating servers, and judge each target's median",
+    )
+    parser.add_argument(
         "--workers",
         default="1,2,4",
         metavar="N,N,...",
@@ -688,6 +739,7 @@ def main() -> None:
     if args.client_procs:
         sizes = replace(sizes, client_procs=args.client_procs)
     bench = Bench(sizes, args.profile)
+    rounds = []
     began = time.monotonic()
     if args.uvicorn_matrix:
         bench.uvicorn_matrix()
@@ -702,9 +754,14 @@ def main() -> None:
         databases = args.database.split(",")
         if not set(databases) <= {"sqlite", "postgres"}:
             parser.error("--database: sqlite, postgres or sqlite,postgres")
-        bench.run(args.scenario or list(SCENARIOS), chosen, worker_counts, databases)
+        for round_ in range(args.repeat):
+            if round_:
+                bench = Bench(sizes, args.profile)
+                print(f"# round {round_ + 1} of {args.repeat}", flush=True)
+            bench.run(args.scenario or list(SCENARIOS), chosen, worker_counts, databases)
+            rounds.append(bench)
     command = "python bench/run.py " + " ".join(sys.argv[1:])
-    table = markdown(bench, command.strip())
+    table = markdown(bench, command.strip(), rounds)
     print()
     print(table)
     print(f"\n{len(bench.results)} results in {time.monotonic() - began:.0f}s", file=sys.stderr)
