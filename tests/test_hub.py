@@ -96,12 +96,10 @@ async def test_an_outbox_over_its_limit_is_refused_while_others_still_get_frames
     assert slow.sent == []  # the waiting send was cancelled, not completed after the abort
 
 
-async def test_an_abort_interrupts_the_task_receiving_for_the_socket() -> None:
-    connection = connect(FakeSocket())
-    connection.start()
-    interrupted = asyncio.Event()
+def receive_forever(connection: Connection, interrupted: asyncio.Event) -> asyncio.Task[None]:
+    """A task standing in for the socket's own: waits for frames until an abort ends it."""
 
-    async def receive_forever() -> None:
+    async def receive() -> None:
         connection.owner = asyncio.current_task()
         try:
             await asyncio.Event().wait()
@@ -111,7 +109,14 @@ async def test_an_abort_interrupts_the_task_receiving_for_the_socket() -> None:
                 return
             raise
 
-    task = asyncio.create_task(receive_forever())
+    return asyncio.create_task(receive())
+
+
+async def test_an_abort_interrupts_the_task_receiving_for_the_socket() -> None:
+    connection = connect(FakeSocket())
+    connection.start()
+    interrupted = asyncio.Event()
+    task = receive_forever(connection, interrupted)
     await settle()
     connection.abort(1008, "password changed")
     await asyncio.wait_for(task, 1)
@@ -120,22 +125,14 @@ async def test_an_abort_interrupts_the_task_receiving_for_the_socket() -> None:
 
 async def test_a_real_cancellation_is_not_mistaken_for_an_abort() -> None:
     connection = connect(FakeSocket())
-
-    async def receive_forever() -> None:
-        connection.owner = asyncio.current_task()
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            if connection.interrupted_by_abort():
-                return
-            raise
-
-    task = asyncio.create_task(receive_forever())
+    interrupted = asyncio.Event()
+    task = receive_forever(connection, interrupted)
     await settle()
     connection.abort(1008, "password changed")
     task.cancel()  # e.g. the server is being torn down, in the same loop turn
     with pytest.raises(asyncio.CancelledError):
         await task
+    assert not interrupted.is_set()
 
 
 async def test_a_send_that_fails_ends_the_socket_without_a_close_frame() -> None:
