@@ -16,6 +16,8 @@ from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.websockets import WebSocketDisconnect
+
 logger = logging.getLogger("chatroom.hub")
 
 CLOSE_TRY_AGAIN_LATER = 1013
@@ -192,9 +194,7 @@ class Connection:
 
     def _failed(self, exc: Exception) -> None:
         # A send to a socket the peer already closed is how most connections end.
-        if not isinstance(exc, OSError | RuntimeError) and type(exc).__name__ != (
-            "WebSocketDisconnect"
-        ):
+        if not isinstance(exc, OSError | RuntimeError | WebSocketDisconnect):
             logger.error("sending to %s failed", self.user, exc_info=exc)
         self.abort(None)
 

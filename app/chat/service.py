@@ -131,11 +131,11 @@ class ChatService:
         """
         while True:
             await asyncio.sleep(EXPIRY_SWEEP_SECONDS)
-            now = time.time()
-            for room in self.hub.rooms:
-                for connection in self.hub.connections(room):
-                    if connection.expires_at is not None and connection.expires_at <= now:
-                        connection.abort(CLOSE_POLICY_VIOLATION, "token expired")
+            self._abort_all(
+                functools.partial(_expired, now=time.time()),
+                CLOSE_POLICY_VIOLATION,
+                "token expired",
+            )
 
     def _deliver(self, room: str, frame: Frame) -> None:
         """Every frame the broker brings: keep the replays current, then fan out."""
@@ -351,6 +351,10 @@ class ChatService:
             functools.partial(_answer_sender, connection=connection, cid=message.client_msg_id)
         )
         return future
+
+
+def _expired(connection: Connection, *, now: float) -> bool:
+    return connection.expires_at is not None and connection.expires_at <= now
 
 
 def _forget(in_flight: list[asyncio.Future[Stored]], future: asyncio.Future[Stored]) -> None:
