@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -18,7 +19,6 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from sqlalchemy.exc import OperationalError
 from websockets.exceptions import ConnectionClosed
 
 from app.chat import store
@@ -197,14 +197,14 @@ async def test_store_failure_is_reported_and_nothing_is_broadcast(
     alice_token = await register(http, "alice")
     alice = await join(server, "r1", alice_token)
     bob = await join(server, "r1", await register(http, "bob"))
-    real_insert = store._insert
+    real_insert = store._insert_sqlite
 
-    def failing_insert(connection: Any, batch: list[Any]) -> Any:
+    def failing_insert(raw: Any, batch: list[Any], created_at: Any) -> Any:
         if any("doomed" in pending.body for pending in batch):
-            raise OperationalError("INSERT", {}, Exception("database is locked"))
-        return real_insert(connection, batch)
+            raise sqlite3.OperationalError("database is locked")
+        return real_insert(raw, batch, created_at)
 
-    monkeypatch.setattr(store, "_insert", failing_insert)
+    monkeypatch.setattr(store, "_insert_sqlite", failing_insert)
     await alice.send("doomed message")
     error = await alice.recv_type("error")
     assert error["code"] == "store_failed"

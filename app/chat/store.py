@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.pool import PoolProxiedConnection
 
 from app.chat.ordering import LocalOnly, RoomLock
 from app.db import IMMEDIATE, create_sqlite_writer_engine
@@ -108,9 +110,11 @@ class MessageWriter:
         # SQLite: the whole transaction runs in one thread of its own, in one hop.
         self._sqlite: Engine | None = None
         self._thread: ThreadPoolExecutor | None = None
+        self._raw: PoolProxiedConnection | None = None  # the writer thread's own connection
         if engine.dialect.name == "sqlite":
             self._sqlite = create_sqlite_writer_engine(str(engine.url))
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="chatroom-writer")
+            self._created_at = _CreatedAt(self._sqlite.dialect)
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -132,7 +136,7 @@ class MessageWriter:
             await self._connection.close()
             self._connection = None
         if self._sqlite is not None and self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(self._thread, self._sqlite.dispose)
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._close_in_thread)
             self._thread.shutdown()
 
     def submit(
@@ -184,7 +188,7 @@ class MessageWriter:
                     await self._publish([r.message for r in results if not r.duplicate])
         except Exception as exc:
             await self._disconnect()
-            if len(batch) > 1 and not isinstance(exc, OperationalError):
+            if len(batch) > 1 and not isinstance(exc, OperationalError | sqlite3.OperationalError):
                 # Not the database as a whole (locked, read-only, full) but something in one
                 # message: write them one by one so the others keep theirs.
                 logger.warning("a batch of %d failed (%s); retrying singly", len(batch), exc)
@@ -226,43 +230,52 @@ class MessageWriter:
 
     def _insert_in_thread(self, batch: list[_Pending]) -> list[Stored]:
         assert self._sqlite is not None  # noqa: S101 (only called when set)
-        with self._sqlite.connect() as connection:
-            return _insert(connection.execution_options(**IMMEDIATE), batch)
+        if self._raw is None:
+            # Opened here, in the writer thread that alone uses it, and held: a checkout and
+            # reset per batch cost more than the insert.
+            self._raw = self._sqlite.raw_connection()
+        raw = self._raw.driver_connection
+        assert raw is not None  # noqa: S101 (a live connection has its DBAPI connection)
+        try:
+            return _insert_sqlite(raw, batch, self._created_at)
+        except Exception:
+            self._raw.invalidate()  # the next batch gets a fresh connection, as on PostgreSQL
+            self._raw = None
+            raise
+
+    def _close_in_thread(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
+        if self._sqlite is not None:
+            self._sqlite.dispose()
 
 
-def _insert(connection: Connection, batch: list[_Pending]) -> list[Stored]:
-    """Store batch in one transaction; resends resolve to the messages stored before."""
-    now = utcnow()
-    sqlite = connection.dialect.name == "sqlite"
-    with connection.begin():
-        # Inside the write transaction, so no other writer can slip a resend in.
-        known = _stored_resends(connection, batch)
-        fresh: dict[tuple[str, str | None], _Pending] = {}
-        rows = []
-        for pending in batch:
-            key = (pending.author, pending.client_msg_id)
-            if pending.client_msg_id is None or (key not in known and key not in fresh):
-                if pending.client_msg_id is not None:
-                    fresh[key] = pending
-                rows.append(pending)
-        ids: Sequence[int] = []
-        if rows:
-            if sqlite:
-                ids = _insert_sqlite(connection, rows, now)
-            else:
-                statement = insert(Message).returning(Message.id, sort_by_parameter_order=True)
-                values = [
-                    {
-                        "room": p.room,
-                        "author": p.author,
-                        "body": p.body,
-                        "client_msg_id": p.client_msg_id,
-                        "created_at": now,
-                    }
-                    for p in rows
-                ]
-                ids = connection.execute(statement, values).scalars().all()
-    inserted = {
+_Key = tuple[str, str | None]
+
+
+def _new_rows(batch: list[_Pending], known: dict[_Key, StoredMessage]) -> list[_Pending]:
+    """The messages of batch to insert: not resends of stored ones, nor of earlier ones."""
+    seen: set[_Key] = set()
+    rows = []
+    for pending in batch:
+        key = (pending.author, pending.client_msg_id)
+        if pending.client_msg_id is None or (key not in known and key not in seen):
+            if pending.client_msg_id is not None:
+                seen.add(key)
+            rows.append(pending)
+    return rows
+
+
+def _outcomes(
+    batch: list[_Pending],
+    rows: list[_Pending],
+    ids: Sequence[int],
+    known: dict[_Key, StoredMessage],
+    now: datetime,
+) -> list[Stored]:
+    """Each message's outcome: stored now, or a resend of the message stored first."""
+    stored = {
         id(p): StoredMessage(
             id=id_,
             room=p.room,
@@ -273,65 +286,133 @@ def _insert(connection: Connection, batch: list[_Pending]) -> list[Stored]:
         )
         for id_, p in zip(ids, rows, strict=True)
     }
-    results = []
-    for pending in batch:
-        if id(pending) in inserted:
-            results.append(Stored(inserted[id(pending)]))
-        else:
-            key = (pending.author, pending.client_msg_id)
-            earlier = known.get(key) or inserted[id(fresh[key])]
-            results.append(Stored(earlier, duplicate=True))
-    return results
+    first = dict(known)
+    for pending in rows:
+        first.setdefault((pending.author, pending.client_msg_id), stored[id(pending)])
+    return [
+        Stored(stored[id(p)])
+        if id(p) in stored
+        else Stored(first[(p.author, p.client_msg_id)], duplicate=True)
+        for p in batch
+    ]
 
 
+def _insert(connection: Connection, batch: list[_Pending]) -> list[Stored]:
+    """Store batch in one transaction; resends resolve to the messages stored before."""
+    now = utcnow()
+    with connection.begin():
+        # Inside the write transaction, so no other writer can slip a resend in.
+        known = _stored_resends(connection, batch)
+        rows = _new_rows(batch, known)
+        ids: Sequence[int] = []
+        if rows:
+            statement = insert(Message).returning(Message.id, sort_by_parameter_order=True)
+            values = [
+                {
+                    "room": p.room,
+                    "author": p.author,
+                    "body": p.body,
+                    "client_msg_id": p.client_msg_id,
+                    "created_at": now,
+                }
+                for p in rows
+            ]
+            ids = connection.execute(statement, values).scalars().all()
+    return _outcomes(batch, rows, ids, known, now)
+
+
+# Built once: constructing a select costs more than running it, at one batch per message.
+_RESENDS = select(*_COLUMNS).where(
+    Message.author.in_(bindparam("authors", expanding=True)),
+    Message.client_msg_id.in_(bindparam("cids", expanding=True)),
+)
+
+
+def _stored_resends(connection: Connection, batch: list[_Pending]) -> dict[_Key, StoredMessage]:
+    """Messages already stored under the batch's (author, client_msg_id) pairs."""
+    keys = _resend_keys(batch)
+    if not keys:
+        return {}
+    parameters = {"authors": list({a for a, _ in keys}), "cids": list({c for _, c in keys})}
+    rows = (StoredMessage(*row) for row in connection.execute(_RESENDS, parameters))
+    return {(m.author, m.client_msg_id): m for m in rows if (m.author, m.client_msg_id) in keys}
+
+
+def _resend_keys(batch: list[_Pending]) -> set[_Key]:
+    return {(p.author, p.client_msg_id) for p in batch if p.client_msg_id is not None}
+
+
+class _CreatedAt:
+    """created_at to and from SQLite's storage, exactly as SQLAlchemy converts it, so rows
+    written here read back alike through the ORM."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        column_type = Message.__table__.c.created_at.type.dialect_impl(dialect)
+        self.bind = column_type.bind_processor(dialect) or _unchanged
+        self.result: Callable[[Any], Any] = (
+            column_type.result_processor(dialect, None) or _unchanged
+        )
+
+
+def _unchanged(value: Any) -> Any:
+    return value
+
+
+_SQLITE_RESENDS = (
+    "SELECT id, room, author, body, created_at, client_msg_id FROM messages"
+    " WHERE author IN ({authors}) AND client_msg_id IN ({cids})"
+)
 _SQLITE_INSERT = (
     "INSERT INTO messages (room, author, body, client_msg_id, created_at) VALUES (?, ?, ?, ?, ?)"
 )
 
 
-def _insert_sqlite(connection: Connection, rows: list[_Pending], now: datetime) -> Sequence[int]:
-    """The batch through sqlite3's executemany, the one fast path past SQLAlchemy's per-row work.
+def _insert_sqlite(
+    raw: sqlite3.Connection, batch: list[_Pending], created_at: _CreatedAt
+) -> list[Stored]:
+    """_insert for SQLite, straight through sqlite3: one message per batch is the common case
+    in a quiet room, and SQLAlchemy's statement handling costs several times the commit.
 
     Inside the BEGIN IMMEDIATE transaction no one else writes, and AUTOINCREMENT numbers the
     rows one after another, so the ids are the last len(rows) up to the table's sequence.
     """
-    created_at = _created_at_bind(connection.dialect)(now)
-    raw = connection.connection.driver_connection
-    assert raw is not None  # noqa: S101 (a live connection has its DBAPI connection)
-    cursor = raw.cursor()
+    now = utcnow()
+    raw.execute("BEGIN IMMEDIATE")
     try:
-        cursor.executemany(
-            _SQLITE_INSERT,
-            [(p.room, p.author, p.body, p.client_msg_id, created_at) for p in rows],
-        )
-        (last,) = cursor.execute(
-            "SELECT seq FROM sqlite_sequence WHERE name = 'messages'"
-        ).fetchone()
-    finally:
-        cursor.close()
-    return range(last - len(rows) + 1, last + 1)
+        known = _sqlite_resends(raw, batch, created_at)
+        rows = _new_rows(batch, known)
+        ids: Sequence[int] = []
+        if rows:
+            stamp = created_at.bind(now)
+            raw.executemany(
+                _SQLITE_INSERT, [(p.room, p.author, p.body, p.client_msg_id, stamp) for p in rows]
+            )
+            (last,) = raw.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'messages'"
+            ).fetchone()
+            ids = range(last - len(rows) + 1, last + 1)
+        raw.execute("COMMIT")
+    except BaseException:
+        if raw.in_transaction:
+            raw.execute("ROLLBACK")
+        raise
+    return _outcomes(batch, rows, ids, known, now)
 
 
-def _created_at_bind(dialect: Dialect) -> Callable[[datetime], Any]:
-    """How SQLAlchemy itself stores a created_at value, so reads parse it back alike."""
-    process = Message.__table__.c.created_at.type.bind_processor(dialect)
-    return process if process is not None else (lambda value: value)
-
-
-def _stored_resends(
-    connection: Connection, batch: list[_Pending]
-) -> dict[tuple[str, str | None], StoredMessage]:
-    """Messages already stored under the batch's (author, client_msg_id) pairs."""
-    keys = {(p.author, p.client_msg_id) for p in batch if p.client_msg_id is not None}
+def _sqlite_resends(
+    raw: sqlite3.Connection, batch: list[_Pending], created_at: _CreatedAt
+) -> dict[_Key, StoredMessage]:
+    keys = _resend_keys(batch)
     if not keys:
         return {}
-    query = select(*_COLUMNS).where(
-        Message.author.in_({author for author, _ in keys}),
-        Message.client_msg_id.in_({cid for _, cid in keys}),
+    authors, cids = list({a for a, _ in keys}), list({c for _, c in keys})
+    query = _SQLITE_RESENDS.format(
+        authors=", ".join("?" * len(authors)), cids=", ".join("?" * len(cids))
     )
     found = {}
-    for row in connection.execute(query):
-        message = StoredMessage(*row)
-        if (message.author, message.client_msg_id) in keys:
-            found[(message.author, message.client_msg_id)] = message
+    for id_, room, author, body, stamp, cid in raw.execute(query, [*authors, *cids]):
+        if (author, cid) in keys:
+            found[(author, cid)] = StoredMessage(
+                id_, room, author, body, created_at.result(stamp), cid
+            )
     return found
