@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from fastapi import Cookie, Depends, HTTPException, Query, WebSocket, WebSocketException, status
+from fastapi import Cookie, Depends, HTTPException, WebSocket, WebSocketException, status
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
@@ -97,13 +97,13 @@ async def optional_identity(
     return await _identify(services, session)
 
 
-async def websocket_identity(
-    websocket: WebSocket,
-    services: ServicesDep,
-    token: Annotated[str | None, Query(description="An access token")] = None,
-    session: Annotated[str | None, Cookie(include_in_schema=False)] = None,
-) -> Identity:
-    """The socket's user; refuse the handshake (close 1008, HTTP 403) when unknown."""
+async def websocket_identity(websocket: WebSocket, services: Services) -> Identity:
+    """The socket's user, from the `token` query parameter or the `session` cookie.
+
+    Raises WebSocketException (1008) when unknown; before accept, the client sees HTTP 403.
+    """
+    token = websocket.query_params.get("token")
+    session = websocket.cookies.get(SESSION_COOKIE)
     if not token and session and not _same_site(websocket, services.settings.allowed_origin_list):
         # Browsers send cookies with a cross-site WebSocket handshake, and CORS does not
         # apply to it: without this check any page could talk in the user's name.
@@ -127,6 +127,3 @@ def _same_site(websocket: WebSocket, allowed: frozenset[str]) -> bool:
         return True
     host = websocket.headers.get("host", "")
     return urlsplit(origin).netloc == host and urlsplit(origin).scheme in ("http", "https")
-
-
-WebSocketIdentity = Annotated[Identity, Depends(websocket_identity)]

@@ -71,8 +71,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await engine.dispose()
 
     app = FastAPI(title="chatroom", version="0.1.0", lifespan=lifespan)
-    for module in (auth, history, rooms, websocket, pages):
+    for module in (auth, history, rooms, pages):
         app.include_router(module.router)
+    app.router.routes.append(websocket.route)
     app.mount("/static", StaticFiles(directory=resource("static")), name="static")
     docs = (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
     app.add_middleware(SecurityHeaders, exempt_paths=docs)

@@ -8,6 +8,8 @@ sending hands over to a task.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import MutableMapping
+from typing import Any
 
 import pytest
 
@@ -23,12 +25,14 @@ class FakeSocket:
         self.resumed = asyncio.Event()
         self.fail: Exception | None = None
 
-    async def send(self, text: str) -> None:
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        """The ASGI send of the socket."""
+        assert message["type"] == "websocket.send"
         if self.paused:
             await self.resumed.wait()
         if self.fail is not None:
             raise self.fail
-        self.sent.append(text)
+        self.sent.append(message["text"])
 
     def resume(self) -> None:
         self.paused = False

@@ -75,3 +75,21 @@ async def test_invalid_room_id_is_refused(
 ) -> None:
     token = await register(http, "alice")
     await expect_refused(server, room=room, token=token)
+
+
+@pytest.mark.parametrize("since", ["-1", "abc", "1.5", "", str(2**63)])
+async def test_since_that_is_not_a_message_id_is_refused(
+    server: LiveServer, http: httpx.AsyncClient, since: str
+) -> None:
+    token = await register(http, "alice")
+    await expect_refused(server, token=token, query=f"since={since}")
+
+
+async def test_since_of_the_largest_id_is_accepted(
+    server: LiveServer, http: httpx.AsyncClient
+) -> None:
+    token = await register(http, "alice")
+    client = await connect(server, "r1", token, query=f"since={2**63 - 1}")
+    _, history = await client.join()
+    assert history["messages"] == []
+    await client.close()

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, deque
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Coroutine, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+from starlette.types import Send
 from starlette.websockets import WebSocketDisconnect
 
 logger = logging.getLogger("chatroom.hub")
@@ -31,7 +32,12 @@ class Frame:
     message_id: int | None = None
 
 
-SendText = Callable[[str], Coroutine[Any, Any, None]]
+Event = dict[str, Any]
+
+
+def send_event(frame: Frame) -> Event:
+    """The ASGI event that sends frame; one per message, shared by all its receivers."""
+    return {"type": "websocket.send", "text": frame.text}
 
 
 class Connection:
@@ -62,7 +68,7 @@ class Connection:
         *,
         user: str,
         room: str,
-        send: SendText,
+        send: Send,
         max_frames: int,
         max_bytes: int,
         expires_at: float | None = None,
@@ -70,7 +76,7 @@ class Connection:
         self.user = user
         self.expires_at = expires_at  # when the token that opened the socket expires
         self.room = room
-        self._send = send
+        self._send = send  # the socket's ASGI send
         self._max_frames = max_frames
         self._max_bytes = max_bytes
         # Created on the first frame that has to wait; most sockets never need one.
@@ -101,11 +107,12 @@ class Connection:
         self.started = True
         self._flush()
 
-    def offer(self, frame: Frame) -> bool:
+    def offer(self, frame: Frame, event: Event | None = None) -> bool:
         """Send or queue frame; False when the outbox is over its limits (0 means no limit).
 
-        A chat message at or below the last one queued is a repeat (a replay after a broker
-        outage overlaps what was delivered) and is dropped.
+        event: frame's send_event, when the caller made one for many connections. A chat
+        message at or below the last one queued is a repeat (a replay after a broker outage
+        overlaps what was delivered) and is dropped.
         """
         if self.aborted:
             return True
@@ -114,7 +121,7 @@ class Connection:
                 return True
             self.last_message_id = frame.message_id
         if self.started and self._sender is None and not self._outbox:
-            self._send_inline(frame.text)
+            self._send_inline(event or send_event(frame))
             return True
         if self._outbox is None:
             self._outbox = deque()
@@ -162,15 +169,16 @@ class Connection:
             frame = outbox.popleft()
             self._outbox_bytes -= len(frame.text)
             if frame.message_id is None or frame.message_id > self._skip_through:
-                self._send_inline(frame.text)
+                self._send_inline(send_event(frame))
 
-    def _send_inline(self, text: str) -> None:
+    def _send_inline(self, event: Event) -> None:
         """Run the send coroutine up to its first wait; only a send that waits gets a task.
 
         The ASGI send of uvicorn (and any server that writes to a transport with room in its
         buffer) finishes without suspending, so one step runs it to the end.
         """
-        coroutine = self._send(text)
+        # Every ASGI server's send is an `async def`: calling it makes a coroutine.
+        coroutine = cast(Coroutine[Any, Any, None], self._send(event))
         try:
             waiting = coroutine.send(None)
         except StopIteration:
@@ -280,7 +288,8 @@ class Hub:
         members = self._rooms.get(room)
         if not members:
             return
-        overflowed = [connection for connection in members if not connection.offer(frame)]
+        event = send_event(frame)
+        overflowed = [c for c in members if not c.offer(frame, event)]
         for connection in overflowed:
             logger.info(
                 "closing slow connection of %s in %s: send buffer full", connection.user, room

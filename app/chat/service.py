@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.types import Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from app.chat.broker import Broker, MemoryBroker
@@ -196,6 +197,7 @@ class ChatService:
     async def serve(
         self,
         websocket: WebSocket,
+        send: Send,
         *,
         user: str,
         room: str,
@@ -203,6 +205,8 @@ class ChatService:
         expires_at: float | None = None,
     ) -> None:
         """Run an accepted socket until either side ends it (or its token expires).
+
+        send: the socket's ASGI send, which fan-out calls directly.
 
         One coroutine for the whole life of the socket, receiving in the socket's own task:
         with thousands of idle sockets, every frame and task kept per socket is memory.
@@ -222,7 +226,7 @@ class ChatService:
         connection = Connection(
             user=user,
             room=room,
-            send=websocket.send_text,
+            send=send,
             max_frames=self.settings.send_buffer_frames,
             max_bytes=self.settings.send_buffer_bytes,
             expires_at=expires_at,
