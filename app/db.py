@@ -13,7 +13,6 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import StaticPool
 
 SQLITE_BUSY_TIMEOUT_MS = 5000  # a writer waits this long for another process's lock
 IMMEDIATE = {"sqlite_immediate": True}
@@ -35,13 +34,14 @@ def create_engine(url: str) -> AsyncEngine:
 
 
 def create_sqlite_writer_engine(url: str) -> Engine:
-    """A synchronous engine on the same SQLite file, for a writer running in its own thread.
+    """A synchronous engine on the same SQLite file, for the message writer.
 
-    Through aiosqlite every statement of a transaction is a hop to a thread and back; a
-    writer in its own thread makes the whole transaction one hop.
+    Through aiosqlite every statement of a transaction is a hop to a thread and back; the
+    writer (app/chat/sqlite_writer.py) holds two plain connections instead, one for the
+    event loop and one for its thread.
     """
     sync_url = make_url(url).set(drivername="sqlite")
-    engine = sa_create_engine(sync_url, poolclass=StaticPool)
+    engine = sa_create_engine(sync_url, pool_size=2, max_overflow=0)
     configure_sqlite(engine)
     return engine
 

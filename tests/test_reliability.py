@@ -21,7 +21,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from app.chat import store
+from app.chat import sqlite_writer
 from app.config import Settings
 from tests.helpers import SECRET, ChatClient, LiveServer, free_port, join, register
 
@@ -197,14 +197,14 @@ async def test_store_failure_is_reported_and_nothing_is_broadcast(
     alice_token = await register(http, "alice")
     alice = await join(server, "r1", alice_token)
     bob = await join(server, "r1", await register(http, "bob"))
-    real_insert = store._insert_sqlite
+    real_insert = sqlite_writer.insert_batch
 
     def failing_insert(raw: Any, batch: list[Any], created_at: Any) -> Any:
         if any("doomed" in pending.body for pending in batch):
-            raise sqlite3.OperationalError("database is locked")
+            raise sqlite3.OperationalError("disk I/O error")
         return real_insert(raw, batch, created_at)
 
-    monkeypatch.setattr(store, "_insert_sqlite", failing_insert)
+    monkeypatch.setattr(sqlite_writer, "insert_batch", failing_insert)
     await alice.send("doomed message")
     error = await alice.recv_type("error")
     assert error["code"] == "store_failed"

@@ -11,20 +11,19 @@ import asyncio
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
 
 from sqlalchemy import bindparam, insert, select
-from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.pool import PoolProxiedConnection
 
+from app.chat.batches import Key, Pending, Stored, StoredMessage, new_rows, outcomes, resend_keys
 from app.chat.ordering import LocalOnly, RoomLock
-from app.db import IMMEDIATE, create_sqlite_writer_engine
+from app.chat.sqlite_writer import SqliteWriter
+from app.db import IMMEDIATE
 from app.models import Message, utcnow
+
+__all__ = ["MessageWriter", "Stored", "StoredMessage", "StoreFailed", "history_page"]
 
 logger = logging.getLogger("chatroom.store")
 
@@ -34,26 +33,6 @@ WRITE_TIMEOUT_SECONDS = 10.0  # a batch insert (PostgreSQL) taking longer is aba
 
 class StoreFailed(Exception):
     """The message could not be stored; it was not broadcast either."""
-
-
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    """A stored message as the chat passes it around (ORM instances cost far more to make)."""
-
-    id: int
-    room: str
-    author: str
-    body: str
-    created_at: datetime
-    client_msg_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Stored:
-    """The outcome of a send; duplicate: an earlier send with its client_msg_id stored it."""
-
-    message: StoredMessage
-    duplicate: bool = False
 
 
 OnCommit = Callable[[Sequence[StoredMessage]], Awaitable[None]]
@@ -89,15 +68,6 @@ async def history_page(
     return rows, has_more
 
 
-@dataclass(slots=True)
-class _Pending:
-    room: str
-    author: str
-    body: str
-    client_msg_id: str | None
-    future: asyncio.Future[Stored] = field(repr=False)
-
-
 class MessageWriter:
     """The single writer of messages in this process."""
 
@@ -108,14 +78,8 @@ class MessageWriter:
         self._on_commit = on_commit
         self._room_lock = room_lock or LocalOnly()
         # SQLite: the whole transaction runs in one thread of its own, in one hop.
-        self._sqlite: Engine | None = None
-        self._thread: ThreadPoolExecutor | None = None
-        self._raw: PoolProxiedConnection | None = None  # the writer thread's own connection
-        if engine.dialect.name == "sqlite":
-            self._sqlite = create_sqlite_writer_engine(str(engine.url))
-            self._thread = ThreadPoolExecutor(1, thread_name_prefix="chatroom-writer")
-            self._created_at = _CreatedAt(self._sqlite.dialect)
-        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._sqlite = SqliteWriter(str(engine.url)) if engine.dialect.name == "sqlite" else None
+        self._queue: asyncio.Queue[Pending | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         # Held for the writer's life: a pool checkout and reset per batch cost more than
@@ -135,9 +99,8 @@ class MessageWriter:
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
-        if self._sqlite is not None and self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(self._thread, self._close_in_thread)
-            self._thread.shutdown()
+        if self._sqlite is not None:
+            await self._sqlite.close()
 
     def submit(
         self, *, room: str, author: str, body: str, client_msg_id: str | None = None
@@ -151,7 +114,7 @@ class MessageWriter:
         if self._closing or self._task is None:
             future.set_exception(StoreFailed("the server is shutting down"))
         else:
-            self._queue.put_nowait(_Pending(room, author, body, client_msg_id, future))
+            self._queue.put_nowait(Pending(room, author, body, client_msg_id, future))
         return future
 
     async def _run(self) -> None:
@@ -168,14 +131,12 @@ class MessageWriter:
                 batch.append(item)
             await self._write(batch)
 
-    async def _write(self, batch: list[_Pending]) -> None:
+    async def _write(self, batch: list[Pending]) -> None:
         rooms = {p.room for p in batch}
         try:
             if self._sqlite is not None:
                 async with self._room_lock.hold(None, rooms):
-                    results = await asyncio.get_running_loop().run_in_executor(
-                        self._thread, self._insert_in_thread, batch
-                    )
+                    results = await self._sqlite.insert(batch)
                     await self._publish([r.message for r in results if not r.duplicate])
             else:
                 connection = await self._connect()
@@ -228,82 +189,14 @@ class MessageWriter:
             # missed when it comes back, and clients can always resume with `since`.
             logger.exception("publishing %d stored message(s) failed", len(messages))
 
-    def _insert_in_thread(self, batch: list[_Pending]) -> list[Stored]:
-        assert self._sqlite is not None  # noqa: S101 (only called when set)
-        if self._raw is None:
-            # Opened here, in the writer thread that alone uses it, and held: a checkout and
-            # reset per batch cost more than the insert.
-            self._raw = self._sqlite.raw_connection()
-        raw = self._raw.driver_connection
-        assert raw is not None  # noqa: S101 (a live connection has its DBAPI connection)
-        try:
-            return _insert_sqlite(raw, batch, self._created_at)
-        except Exception:
-            self._raw.invalidate()  # the next batch gets a fresh connection, as on PostgreSQL
-            self._raw = None
-            raise
 
-    def _close_in_thread(self) -> None:
-        if self._raw is not None:
-            self._raw.close()
-            self._raw = None
-        if self._sqlite is not None:
-            self._sqlite.dispose()
-
-
-_Key = tuple[str, str | None]
-
-
-def _new_rows(batch: list[_Pending], known: dict[_Key, StoredMessage]) -> list[_Pending]:
-    """The messages of batch to insert: not resends of stored ones, nor of earlier ones."""
-    seen: set[_Key] = set()
-    rows = []
-    for pending in batch:
-        key = (pending.author, pending.client_msg_id)
-        if pending.client_msg_id is None or (key not in known and key not in seen):
-            if pending.client_msg_id is not None:
-                seen.add(key)
-            rows.append(pending)
-    return rows
-
-
-def _outcomes(
-    batch: list[_Pending],
-    rows: list[_Pending],
-    ids: Sequence[int],
-    known: dict[_Key, StoredMessage],
-    now: datetime,
-) -> list[Stored]:
-    """Each message's outcome: stored now, or a resend of the message stored first."""
-    stored = {
-        id(p): StoredMessage(
-            id=id_,
-            room=p.room,
-            author=p.author,
-            body=p.body,
-            client_msg_id=p.client_msg_id,
-            created_at=now,
-        )
-        for id_, p in zip(ids, rows, strict=True)
-    }
-    first = dict(known)
-    for pending in rows:
-        first.setdefault((pending.author, pending.client_msg_id), stored[id(pending)])
-    return [
-        Stored(stored[id(p)])
-        if id(p) in stored
-        else Stored(first[(p.author, p.client_msg_id)], duplicate=True)
-        for p in batch
-    ]
-
-
-def _insert(connection: Connection, batch: list[_Pending]) -> list[Stored]:
+def _insert(connection: Connection, batch: list[Pending]) -> list[Stored]:
     """Store batch in one transaction; resends resolve to the messages stored before."""
     now = utcnow()
     with connection.begin():
         # Inside the write transaction, so no other writer can slip a resend in.
         known = _stored_resends(connection, batch)
-        rows = _new_rows(batch, known)
+        rows = new_rows(batch, known)
         ids: Sequence[int] = []
         if rows:
             statement = insert(Message).returning(Message.id, sort_by_parameter_order=True)
@@ -318,7 +211,7 @@ def _insert(connection: Connection, batch: list[_Pending]) -> list[Stored]:
                 for p in rows
             ]
             ids = connection.execute(statement, values).scalars().all()
-    return _outcomes(batch, rows, ids, known, now)
+    return outcomes(batch, rows, ids, known, now)
 
 
 # Built once: constructing a select costs more than running it, at one batch per message.
@@ -328,91 +221,11 @@ _RESENDS = select(*_COLUMNS).where(
 )
 
 
-def _stored_resends(connection: Connection, batch: list[_Pending]) -> dict[_Key, StoredMessage]:
+def _stored_resends(connection: Connection, batch: list[Pending]) -> dict[Key, StoredMessage]:
     """Messages already stored under the batch's (author, client_msg_id) pairs."""
-    keys = _resend_keys(batch)
+    keys = resend_keys(batch)
     if not keys:
         return {}
     parameters = {"authors": list({a for a, _ in keys}), "cids": list({c for _, c in keys})}
     rows = (StoredMessage(*row) for row in connection.execute(_RESENDS, parameters))
     return {(m.author, m.client_msg_id): m for m in rows if (m.author, m.client_msg_id) in keys}
-
-
-def _resend_keys(batch: list[_Pending]) -> set[_Key]:
-    return {(p.author, p.client_msg_id) for p in batch if p.client_msg_id is not None}
-
-
-class _CreatedAt:
-    """created_at to and from SQLite's storage, exactly as SQLAlchemy converts it, so rows
-    written here read back alike through the ORM."""
-
-    def __init__(self, dialect: Dialect) -> None:
-        column_type = Message.__table__.c.created_at.type.dialect_impl(dialect)
-        self.bind = column_type.bind_processor(dialect) or _unchanged
-        self.result: Callable[[Any], Any] = (
-            column_type.result_processor(dialect, None) or _unchanged
-        )
-
-
-def _unchanged(value: Any) -> Any:
-    return value
-
-
-_SQLITE_RESENDS = (
-    "SELECT id, room, author, body, created_at, client_msg_id FROM messages"
-    " WHERE author IN ({authors}) AND client_msg_id IN ({cids})"
-)
-_SQLITE_INSERT = (
-    "INSERT INTO messages (room, author, body, client_msg_id, created_at) VALUES (?, ?, ?, ?, ?)"
-)
-
-
-def _insert_sqlite(
-    raw: sqlite3.Connection, batch: list[_Pending], created_at: _CreatedAt
-) -> list[Stored]:
-    """_insert for SQLite, straight through sqlite3: one message per batch is the common case
-    in a quiet room, and SQLAlchemy's statement handling costs several times the commit.
-
-    Inside the BEGIN IMMEDIATE transaction no one else writes, and AUTOINCREMENT numbers the
-    rows one after another, so the ids are the last len(rows) up to the table's sequence.
-    """
-    now = utcnow()
-    raw.execute("BEGIN IMMEDIATE")
-    try:
-        known = _sqlite_resends(raw, batch, created_at)
-        rows = _new_rows(batch, known)
-        ids: Sequence[int] = []
-        if rows:
-            stamp = created_at.bind(now)
-            raw.executemany(
-                _SQLITE_INSERT, [(p.room, p.author, p.body, p.client_msg_id, stamp) for p in rows]
-            )
-            (last,) = raw.execute(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'messages'"
-            ).fetchone()
-            ids = range(last - len(rows) + 1, last + 1)
-        raw.execute("COMMIT")
-    except BaseException:
-        if raw.in_transaction:
-            raw.execute("ROLLBACK")
-        raise
-    return _outcomes(batch, rows, ids, known, now)
-
-
-def _sqlite_resends(
-    raw: sqlite3.Connection, batch: list[_Pending], created_at: _CreatedAt
-) -> dict[_Key, StoredMessage]:
-    keys = _resend_keys(batch)
-    if not keys:
-        return {}
-    authors, cids = list({a for a, _ in keys}), list({c for _, c in keys})
-    query = _SQLITE_RESENDS.format(
-        authors=", ".join("?" * len(authors)), cids=", ".join("?" * len(cids))
-    )
-    found = {}
-    for id_, room, author, body, stamp, cid in raw.execute(query, [*authors, *cids]):
-        if (author, cid) in keys:
-            found[(author, cid)] = StoredMessage(
-                id_, room, author, body, created_at.result(stamp), cid
-            )
-    return found
