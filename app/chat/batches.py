@@ -73,20 +73,16 @@ def outcomes(
     now: datetime,
 ) -> list[Stored]:
     """Each message's outcome, given the ids the inserted rows got."""
-    stored = {
-        id(p): StoredMessage(
-            id=id_,
-            room=p.room,
-            author=p.author,
-            body=p.body,
-            client_msg_id=p.client_msg_id,
-            created_at=now,
-        )
+    inserted = [
+        StoredMessage(id_, p.room, p.author, p.body, now, p.client_msg_id)
         for id_, p in zip(ids, rows, strict=True)
-    }
+    ]
+    if len(rows) == len(batch):  # no resends, the usual case: rows is batch
+        return [Stored(message) for message in inserted]
+    stored = {id(p): message for p, message in zip(rows, inserted, strict=True)}
     first = dict(known)
-    for pending in rows:
-        first.setdefault((pending.author, pending.client_msg_id), stored[id(pending)])
+    for pending, message in zip(rows, inserted, strict=True):
+        first.setdefault((pending.author, pending.client_msg_id), message)
     return [
         Stored(stored[id(p)])
         if id(p) in stored

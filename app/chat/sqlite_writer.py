@@ -1,8 +1,9 @@
 """Storing batches of messages in SQLite: on the event loop while the write lock is free.
 
-A hop to a thread and back costs more CPU than the transaction itself (about 170 us against
-60-80 us on the benchmark machine), and a thread that has to win the GIL back from a busy
-fan-out adds milliseconds of latency. So a batch is written on the loop thread, on a
+A hop to a thread and back costs more CPU than a small transaction itself (about 170 us
+against 60-100 us on the benchmark machine; bench/writer.py), and a thread that has to win the
+GIL back from a busy fan-out adds milliseconds of latency. So a small batch (up to
+LOOP_BATCH_MAX messages, the common case) is written on the loop thread, on a
 connection that never waits: its busy_timeout is 0, and when the write lock is held elsewhere
 (another worker, or an account being written through aiosqlite) the attempt fails at once and
 the batch goes to a thread whose connection waits for the lock as before. Waiting on the loop
@@ -13,6 +14,7 @@ The loop connection never checkpoints (wal_autocheckpoint=0): a checkpoint copie
 back into the database and fsyncs it, milliseconds that must not block the loop. The thread
 runs one every CHECKPOINT_EVERY batches instead, and the batches that come meanwhile queue
 behind it in the thread, so that the first of them starts the WAL over from the beginning.
+Larger batches always go to the thread, where SQLite works beside the loop.
 
 SQLAlchemy is bypassed here: for one message, its statement handling cost several times the
 commit. created_at is converted with SQLAlchemy's own processors, so rows read back alike.
@@ -37,6 +39,10 @@ from app.models import Message, utcnow
 logger = logging.getLogger("chatroom.store")
 
 CHECKPOINT_EVERY = 200  # batches written on the loop between two checkpoints in the thread
+# Larger batches go to the thread even when the lock is free: there the hop costs less
+# than the rows, and SQLite's work (which releases the GIL) runs beside the loop's instead
+# of after it. bench/run.py --scenario ingest: x0.99 with every batch on the loop.
+LOOP_BATCH_MAX = 8
 
 
 class SqliteWriter:
@@ -54,29 +60,32 @@ class SqliteWriter:
 
     async def insert(self, batch: list[Pending]) -> list[Stored]:
         """Store batch in one transaction; resends resolve to the messages stored before."""
-        if self._checkpoint is not None and not self._checkpoint.done():
-            # Behind the checkpoint, in the thread: the first write after a complete
-            # checkpoint starts the WAL over. Written on the loop meanwhile, batches would
-            # keep appending to it and it would never restart.
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._thread, self._insert_in_thread, batch)
-        try:
-            results = self._insert_on_loop(batch)
-        except sqlite3.OperationalError as exc:
-            if not _busy(exc):
-                raise
-            # Someone else holds the write lock: wait for it in the thread, not here.
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._thread, self._insert_in_thread, batch)
+        if len(batch) <= LOOP_BATCH_MAX and not self._checkpointing():
+            try:
+                results = self._insert_on_loop(batch)
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    raise
+                # Someone else holds the write lock: wait for it in the thread, not here.
+            else:
+                self._count_towards_checkpoint()
+                return results
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._insert_in_thread, batch)
+
+    def _checkpointing(self) -> bool:
+        """While the thread checkpoints, batches queue behind it there: the first write
+        after a complete checkpoint starts the WAL over. Written on the loop meanwhile,
+        they would keep appending to it and it would never restart."""
+        return self._checkpoint is not None and not self._checkpoint.done()
+
+    def _count_towards_checkpoint(self) -> None:
         self._batches_since_checkpoint += 1
-        if self._batches_since_checkpoint >= CHECKPOINT_EVERY and (
-            self._checkpoint is None or self._checkpoint.done()
-        ):
+        if self._batches_since_checkpoint >= CHECKPOINT_EVERY:
             self._batches_since_checkpoint = 0
             loop = asyncio.get_running_loop()
             self._checkpoint = loop.run_in_executor(self._thread, self._checkpoint_in_thread)
             self._checkpoint.add_done_callback(_log_checkpoint_failure)
-        return results
 
     async def close(self) -> None:
         if self._on_loop is not None:
