@@ -1,10 +1,10 @@
 """The room socket: authenticate the handshake, then hand the socket to the chat service.
 
 A plain ASGI endpoint on a Starlette route, not a FastAPI one. A socket lives for hours, and
-FastAPI's dependency solving keeps its solved values and frames for all of that time (about
-1.5 KB per idle socket); here the checks are a few lines. It also gets the ASGI `send`
-itself, which fan-out calls with one shared event per message instead of going through
-Starlette's per-call wrappers for every receiver.
+FastAPI's dependency solving kept its solved values and frames for all of that time: an idle
+socket went from 34.9 to 28.1 KiB without it (bench/idle_memory.py). Here the checks are a
+few lines. It also gets the ASGI `send` itself, which fan-out calls with one shared event
+per message instead of going through Starlette's per-call wrappers for every receiver.
 """
 
 from __future__ import annotations
