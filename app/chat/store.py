@@ -77,7 +77,7 @@ class MessageWriter:
         self._engine = engine
         self._on_commit = on_commit
         self._room_lock = room_lock or LocalOnly()
-        # SQLite: the whole transaction runs in one thread of its own, in one hop.
+        # SQLite: straight through sqlite3, on the loop or in a thread (sqlite_writer.py).
         self._sqlite = SqliteWriter(str(engine.url)) if engine.dialect.name == "sqlite" else None
         self._queue: asyncio.Queue[Pending | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
