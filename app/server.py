@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.config import Settings
+from app.wire import PreparedFrameProtocol
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
@@ -16,5 +17,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "ws_ping_timeout": settings.ping_timeout_seconds or None,
         # Compression costs CPU per receiver, and chat frames are small.
         "ws_per_message_deflate": False,
+        # uvicorn's default protocol, plus writing a broadcast frame framed once (app/wire.py).
+        "ws": PreparedFrameProtocol,
         "proxy_headers": True,
     }

@@ -1,9 +1,10 @@
 """chatroom under a chosen uvicorn WebSocket / HTTP / event-loop implementation.
 
-`chatroom serve` always runs uvicorn's defaults ("auto": websockets-sansio, httptools,
-uvloop when installed). This starts the same app factory with the same options, changing
-only those three, to compare them (`python bench/run.py --uvicorn-matrix`). The database
-must already be migrated.
+`chatroom serve` always runs uvicorn's defaults (httptools and uvloop when installed), with
+websockets-sansio extended by app/wire.py for its WebSocket protocol. This starts the same app
+factory with the same options, changing only those three (`--ws auto` keeps chatroom's),
+to compare them (`python bench/run.py --uvicorn-matrix`). The database must already be
+migrated.
 
     python bench/serve_chatroom.py --port 8002 --ws wsproto --http h11 --loop asyncio
 """
@@ -25,15 +26,17 @@ def main() -> None:
     parser.add_argument("--http", default="auto")
     parser.add_argument("--loop", default="auto")
     args = parser.parse_args()
+    options = uvicorn_options(Settings())
+    if args.ws != "auto":
+        options["ws"] = args.ws
     uvicorn.run(
         "app.main:create_app",
         factory=True,
         host="127.0.0.1",
         port=args.port,
-        ws=args.ws,
         http=args.http,
         loop=args.loop,
-        **uvicorn_options(Settings()),
+        **options,
     )
 
 

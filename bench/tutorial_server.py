@@ -11,7 +11,9 @@ from the docs, both in the tutorial's favour and the same for every scenario:
 
 `/ws/{client_id}` is the docs' endpoint (one global room). `/rooms/{room}/ws/{client_id}`
 gives each room its own `ConnectionManager`, the minimal extension the multi-room scenarios
-need. Run with the same uvicorn WebSocket options as chatroom (app/server.py):
+need. Run with the same uvicorn WebSocket options as chatroom (app/server.py), except its
+protocol class: the tutorial runs uvicorn's own (`--ws auto`), not chatroom's subclass that
+offers prepared frames (app/wire.py), which it would not use:
 
     python bench/tutorial_server.py --port 8001 [--ws websockets-sansio] [--http httptools]
 """
@@ -77,6 +79,8 @@ def main() -> None:
     parser.add_argument("--http", default="auto")
     parser.add_argument("--loop", default="auto")
     args = parser.parse_args()
+    options = uvicorn_options(Settings())
+    del options["ws"]
     uvicorn.run(
         app,
         host="127.0.0.1",
@@ -84,7 +88,7 @@ def main() -> None:
         ws=args.ws,
         http=args.http,
         loop=args.loop,
-        **uvicorn_options(Settings()),
+        **options,
     )
 
 

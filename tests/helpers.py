@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import uvicorn
 import websockets
+from starlette.types import ASGIApp
 from websockets.asyncio.client import ClientConnection
 
 from app.config import Settings
@@ -33,8 +34,11 @@ def free_port() -> int:
 class LiveServer:
     """uvicorn serving a fresh app on a real socket, in a thread of its own."""
 
-    def __init__(self, settings: Settings, port: int | None = None) -> None:
+    def __init__(
+        self, settings: Settings, port: int | None = None, app: ASGIApp | None = None
+    ) -> None:
         self.settings = settings
+        self.app = app  # chatroom's own (create_app(settings)) when None
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
@@ -43,7 +47,7 @@ class LiveServer:
 
     def start(self) -> LiveServer:
         config = uvicorn.Config(
-            create_app(self.settings),
+            self.app or create_app(self.settings),
             host="127.0.0.1",
             port=self.port,
             log_level="warning",

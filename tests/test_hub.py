@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from app.chat.hub import Connection, Frame, Hub
+from app.wire import prepared_frame
 
 
 class FakeSocket:
@@ -39,8 +40,32 @@ class FakeSocket:
         self.resumed.set()
 
 
+class PreparedSocket(FakeSocket):
+    """A FakeSocket whose server also takes prepared frames, unless it `refuses` them (as a
+    full or closing transport does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.refuses = False
+
+    def write_prepared(self, frame: bytes) -> bool:
+        if self.refuses:
+            return False
+        self.written.append(frame)
+        return True
+
+
 def connect(socket: FakeSocket, *, max_frames: int = 0) -> Connection:
-    return Connection(user="ann", room="r", send=socket.send, max_frames=max_frames, max_bytes=0)
+    write = socket.write_prepared if isinstance(socket, PreparedSocket) else None
+    return Connection(
+        user="ann",
+        room="r",
+        send=socket.send,
+        max_frames=max_frames,
+        max_bytes=0,
+        write_prepared=write,
+    )
 
 
 async def settle() -> None:
@@ -149,3 +174,33 @@ async def test_a_send_that_fails_ends_the_socket_without_a_close_frame() -> None
     socket.fail = None
     connection.offer(Frame("b"))
     assert socket.sent == []
+
+
+async def test_a_broadcast_is_framed_once_and_written_as_is_to_every_socket() -> None:
+    hub = Hub()
+    sockets = [PreparedSocket() for _ in range(3)]
+    for socket in sockets:
+        connection = connect(socket)
+        hub.add(connection)
+        connection.start()
+    hub.deliver("r", Frame("héllo", 1))
+    first = sockets[0].written[0]
+    assert first == prepared_frame("héllo")
+    assert all(socket.written == [first] and socket.written[0] is first for socket in sockets)
+    assert all(socket.sent == [] for socket in sockets)  # ASGI not used
+
+
+async def test_frames_a_socket_refuses_go_through_asgi_and_nothing_overtakes_them() -> None:
+    socket = PreparedSocket()
+    connection = connect(socket)
+    connection.start()
+    socket.refuses, socket.paused = True, True  # a full transport: ASGI's send waits
+    connection.offer(Frame("a", 1), prepared=prepared_frame("a"))
+    socket.refuses = False  # writable again, while "a" still waits in ASGI
+    connection.offer(Frame("b", 2), prepared=prepared_frame("b"))
+    assert socket.written == []  # "b" queued behind "a"
+    socket.resume()
+    await settle()
+    assert socket.sent == ["a", "b"]
+    connection.offer(Frame("c", 3), prepared=prepared_frame("c"))
+    assert socket.written == [prepared_frame("c")]

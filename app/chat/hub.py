@@ -5,6 +5,9 @@ writes without waiting: the common case costs no task, no wake-up and no queue. 
 whose send would wait (its peer reads slowly) gets a bounded outbox and a task that drains it,
 so a slow or dead receiver never delays anyone else; one whose outbox overflows is closed with
 1013 instead of growing without bound. An idle socket holds no task of its own.
+
+A chat message is framed once for the whole room (app/wire.py) and, where the server offers
+it, written as those bytes to each socket; elsewhere it goes through the ASGI `send`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import Any, cast
 
 from starlette.types import Send
 from starlette.websockets import WebSocketDisconnect
+
+from app.wire import WritePrepared, prepared_frame
 
 logger = logging.getLogger("chatroom.hub")
 
@@ -47,6 +52,7 @@ class Connection:
         "user",
         "room",
         "_send",
+        "_write_prepared",
         "_max_frames",
         "_max_bytes",
         "_outbox",
@@ -72,11 +78,13 @@ class Connection:
         max_frames: int,
         max_bytes: int,
         expires_at: float | None = None,
+        write_prepared: WritePrepared | None = None,
     ) -> None:
         self.user = user
         self.expires_at = expires_at  # when the token that opened the socket expires
         self.room = room
         self._send = send  # the socket's ASGI send
+        self._write_prepared = write_prepared  # when the server offers it (app/wire.py)
         self._max_frames = max_frames
         self._max_bytes = max_bytes
         # Created on the first frame that has to wait; most sockets never need one.
@@ -107,12 +115,14 @@ class Connection:
         self.started = True
         self._flush()
 
-    def offer(self, frame: Frame, event: Event | None = None) -> bool:
+    def offer(
+        self, frame: Frame, event: Event | None = None, prepared: bytes | None = None
+    ) -> bool:
         """Send or queue frame; False when the outbox is over its limits (0 means no limit).
 
-        event: frame's send_event, when the caller made one for many connections. A chat
-        message at or below the last one queued is a repeat (a replay after a broker outage
-        overlaps what was delivered) and is dropped.
+        event, prepared: frame's send_event and prepared_frame, when the caller made them
+        once for many connections. A chat message at or below the last one queued is a
+        repeat (a replay after a broker outage overlaps what was delivered) and is dropped.
         """
         if self.aborted:
             return True
@@ -121,7 +131,10 @@ class Connection:
                 return True
             self.last_message_id = frame.message_id
         if self.started and self._sender is None and not self._outbox:
-            self._send_inline(event or send_event(frame))
+            # A refused prepared write is one that would wait or fail: ASGI handles both.
+            write = self._write_prepared
+            if prepared is None or write is None or not write(prepared):
+                self._send_inline(event or send_event(frame))
             return True
         if self._outbox is None:
             self._outbox = deque()
@@ -288,8 +301,8 @@ class Hub:
         members = self._rooms.get(room)
         if not members:
             return
-        event = send_event(frame)
-        overflowed = [c for c in members if not c.offer(frame, event)]
+        event, prepared = send_event(frame), prepared_frame(frame.text)
+        overflowed = [c for c in members if not c.offer(frame, event, prepared)]
         for connection in overflowed:
             logger.info(
                 "closing slow connection of %s in %s: send buffer full", connection.user, room

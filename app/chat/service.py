@@ -36,6 +36,7 @@ from app.chat.ratelimit import TokenBucket
 from app.chat.recent import RecentHistory
 from app.chat.store import MessageWriter, Stored, StoredMessage, StoreFailed, history_page
 from app.config import Settings
+from app.wire import prepared_writer
 
 logger = logging.getLogger("chatroom.chat")
 
@@ -230,6 +231,7 @@ class ChatService:
             max_frames=self.settings.send_buffer_frames,
             max_bytes=self.settings.send_buffer_bytes,
             expires_at=expires_at,
+            write_prepared=prepared_writer(websocket.scope),
         )
         # Registered before the history query: whatever is committed from now on is queued,
         # and start() drops what the replay already held, so nothing is missed or doubled.

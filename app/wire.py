@@ -1,0 +1,63 @@
+"""Broadcast frames built once per message and written as bytes to every receiver.
+
+A server's WebSocket frames are not masked, so a chat message is the same bytes on every
+socket of its room. Through ASGI, each receiver's `send` encodes the text to UTF-8 again and
+frames it again in websockets' Python code: most of what a delivery costs the server.
+
+So chatroom runs uvicorn with `PreparedFrameProtocol`, its default WebSocket protocol
+(websockets-sansio) plus one ASGI extension, PREPARED_FRAMES: a function that writes an
+already framed message straight to the socket's transport, after the checks the protocol's
+own `send` makes, and answers False where that `send` would wait or fail (a full write
+buffer, a closing or closed socket). The caller then falls back to the ASGI `send`, which
+waits, queues or fails exactly as before. Under any other server or protocol the extension
+is absent and every frame goes through ASGI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from starlette.types import Scope
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+
+PREPARED_FRAMES = "chatroom.websocket.prepared_frames"
+
+WritePrepared = Callable[[bytes], bool]
+
+
+def prepared_frame(text: str) -> bytes:
+    """text as one complete, unmasked WebSocket text frame, ready for any socket."""
+    return Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+
+
+def prepared_writer(scope: Scope) -> WritePrepared | None:
+    """The socket's writer of prepared frames, when its server offers one."""
+    extension: dict[str, Any] | None = scope.get("extensions", {}).get(PREPARED_FRAMES)
+    return None if extension is None else extension["write"]
+
+
+class PreparedFrameProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets-sansio protocol, offering PREPARED_FRAMES to the application."""
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        # Only for a handshake the app will see, and only where frames are sent as they
+        # are: an extension such as permessage-deflate would rewrite each one per socket.
+        if self.response.status_code == 101 and not self.conn.extensions:
+            self.scope["extensions"][PREPARED_FRAMES] = {"write": self.write_prepared}
+
+    def write_prepared(self, frame: bytes) -> bool:
+        """Write frame now, as send() would; False where send() would wait or refuse."""
+        if (
+            self.close_sent
+            or self.disconnected
+            or not self.writable.is_set()
+            or self.conn.state is not State.OPEN
+        ):
+            return False
+        self.transport.write(frame)
+        return True
