@@ -204,3 +204,35 @@ async def test_frames_a_socket_refuses_go_through_asgi_and_nothing_overtakes_the
     assert socket.sent == ["a", "b"]
     connection.offer(Frame("c", 3), prepared=prepared_frame("c"))
     assert socket.written == [prepared_frame("c")]
+
+
+async def test_a_rooms_messages_committed_together_reach_each_socket_in_one_write() -> None:
+    hub = Hub()
+    sockets = [PreparedSocket() for _ in range(2)]
+    for socket in sockets:
+        connection = connect(socket)
+        hub.add(connection)
+        connection.start()
+    behind_socket = FakeSocket()
+    behind = connect(behind_socket)  # no prepared frames: one ASGI send per message
+    hub.add(behind)
+    behind.start()
+    other_room = PreparedSocket()
+    elsewhere = Connection(
+        user="bob",
+        room="s",
+        send=other_room.send,
+        max_frames=0,
+        max_bytes=0,
+        write_prepared=other_room.write_prepared,
+    )
+    hub.add(elsewhere)
+    elsewhere.start()
+    hub.deliver_many([("r", Frame("a", 1)), ("s", Frame("x", 2)), ("r", Frame("b", 3))])
+    both = prepared_frame("a") + prepared_frame("b")
+    assert all(socket.written == [both] for socket in sockets)
+    assert other_room.written == [prepared_frame("x")]
+    # Delivered again (a catch-up overlapping what was sent): nothing is sent twice.
+    hub.deliver_many([("r", Frame("b", 3)), ("r", Frame("c", 4))])
+    assert all(socket.written == [both, prepared_frame("c")] for socket in sockets)
+    assert behind.aborted is False and behind_socket.sent == ["a", "b", "c"]

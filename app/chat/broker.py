@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("chatroom.broker")
 
-Deliver = Callable[[str, Frame], None]
+# Frames of one or more rooms, in publish order: a committed batch is handed over whole, so
+# that each socket can get all of its room's messages in one write.
+Deliver = Callable[[Sequence[tuple[str, Frame]]], None]
 Resubscribed = Callable[[], Awaitable[None]]
 
 RECONNECT_MAX_SECONDS = 5.0  # back-off ceiling while Redis is unreachable
@@ -26,7 +28,7 @@ RECONNECT_MAX_SECONDS = 5.0  # back-off ceiling while Redis is unreachable
 
 class Broker(Protocol):
     async def start(self, deliver: Deliver, resubscribed: Resubscribed) -> None:
-        """Begin handing every published frame to deliver(room, frame).
+        """Begin handing every published frame to deliver([(room, frame), ...]).
 
         resubscribed() runs after a lost subscription is back, before new frames flow, so the
         caller can re-read what was published meanwhile.
@@ -52,12 +54,11 @@ class MemoryBroker:
 
     async def publish(self, room: str, frame: Frame) -> None:
         if self._deliver is not None:
-            self._deliver(room, frame)
+            self._deliver([(room, frame)])
 
     async def publish_many(self, frames: Sequence[tuple[str, Frame]]) -> None:
         if self._deliver is not None:
-            for room, frame in frames:
-                self._deliver(room, frame)
+            self._deliver(frames)
 
     async def stop(self) -> None:
         self._deliver = None
@@ -126,7 +127,7 @@ class RedisBroker:
                             continue
                         room = message["channel"][prefix_length:]
                         message_id, _, text = message["data"].partition(":")
-                        deliver(room, Frame(text, int(message_id) if message_id else None))
+                        deliver([(room, Frame(text, int(message_id) if message_id else None))])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

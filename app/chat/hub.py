@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, deque
-from collections.abc import Coroutine, Generator
+from collections.abc import Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -145,6 +145,35 @@ class Connection:
         ):
             return False
         return True
+
+    def offer_all(
+        self,
+        frames: Sequence[Frame],
+        events: Sequence[Event],
+        prepared: Sequence[bytes],
+        joined: bytes,
+    ) -> bool:
+        """offer() each of a room's frames; as one write when the socket takes that.
+
+        frames: chat messages in id order; events and prepared: theirs, one each; joined:
+        the prepared frames back to back.
+        """
+        if (
+            self.started
+            and self._sender is None
+            and not self._outbox
+            and not self.aborted
+            and self._write_prepared is not None
+            and frames[0].message_id is not None
+            and frames[0].message_id > self.last_message_id
+            and self._write_prepared(joined)
+        ):
+            self.last_message_id = frames[-1].message_id or self.last_message_id
+            return True
+        fits = True
+        for frame, event, data in zip(frames, events, prepared, strict=True):
+            fits = self.offer(frame, event, data) and fits
+        return fits
 
     def abort(self, code: int | None, reason: str = "") -> None:
         """Stop sending, drop what is queued and end the socket: closed with code, or
@@ -302,9 +331,47 @@ class Hub:
         if not members:
             return
         event, prepared = send_event(frame), prepared_frame(frame.text)
-        overflowed = [c for c in members if not c.offer(frame, event, prepared)]
+        self._drop_overflowed(room, [c for c in members if not c.offer(frame, event, prepared)])
+
+    def deliver_many(self, frames: Sequence[tuple[str, Frame]]) -> None:
+        """deliver() each (room, frame) in order.
+
+        A room's chat messages among them go to each socket in one write, not one per
+        message: a committed batch holds several messages of a busy room, and every write is
+        a system call.
+        """
+        by_room: dict[str, list[Frame]] = {}
+        for room, frame in frames:
+            by_room.setdefault(room, []).append(frame)
+        for room, of_room in by_room.items():
+            if len(of_room) == 1 or not _ascending_messages(of_room):
+                for frame in of_room:
+                    self.deliver(room, frame)
+                continue
+            members = self._rooms.get(room)
+            if not members:
+                continue
+            events = [send_event(frame) for frame in of_room]
+            prepared = [prepared_frame(frame.text) for frame in of_room]
+            joined = b"".join(prepared)
+            self._drop_overflowed(
+                room,
+                [c for c in members if not c.offer_all(of_room, events, prepared, joined)],
+            )
+
+    def _drop_overflowed(self, room: str, overflowed: list[Connection]) -> None:
         for connection in overflowed:
             logger.info(
                 "closing slow connection of %s in %s: send buffer full", connection.user, room
             )
             connection.abort(CLOSE_TRY_AGAIN_LATER, "send buffer full")
+
+
+def _ascending_messages(frames: Sequence[Frame]) -> bool:
+    """Chat messages only, in increasing id order (as a writer commits them)."""
+    previous = 0
+    for frame in frames:
+        if frame.message_id is None or frame.message_id <= previous:
+            return False
+        previous = frame.message_id
+    return True

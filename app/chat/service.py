@@ -139,13 +139,16 @@ class ChatService:
                 "token expired",
             )
 
-    def _deliver(self, room: str, frame: Frame) -> None:
+    def _deliver(self, frames: Sequence[tuple[str, Frame]]) -> None:
         """Every frame the broker brings: keep the replays current, then fan out."""
-        if room == REVOCATIONS:
-            self._revoked(frame.text)
-            return
-        self.recent.note(room, frame)
-        self.hub.deliver(room, frame)
+        rooms = []
+        for room, frame in frames:
+            if room == REVOCATIONS:
+                self._revoked(frame.text)
+            else:
+                self.recent.note(room, frame)
+                rooms.append((room, frame))
+        self.hub.deliver_many(rooms)
 
     async def _catch_up(self) -> None:
         """After a broker outage: hand each local room what was stored meanwhile."""
@@ -161,8 +164,9 @@ class ChatService:
                 logger.warning(
                     "%s: more than %d missed; clients resume with since", room, len(messages)
                 )
-            for message in messages:
-                self.hub.deliver(room, Frame(encode(message_payload(message)), message.id))
+            self.hub.deliver_many(
+                [(room, Frame(encode(message_payload(m)), m.id)) for m in messages]
+            )
 
     async def _announce(self, kind: str, room: str, user: str) -> None:
         try:
