@@ -1,11 +1,15 @@
 """Client worker processes: many WebSocket clients per process, driven over a pipe.
 
 Each worker runs one asyncio loop (uvloop when installed) holding its share of the clients,
-and obeys the orchestrator's commands in order (see `Worker.serve`). Messages carry their
-origin and send time in the body, `~<client id>:<seq>:<time.monotonic()>~`, which both
-servers pass through verbatim, so any receiver measures send-to-receive latency (one
-machine, one monotonic clock) and a sender recognises its own message coming back as its
-acknowledgement.
+and obeys the orchestrator's commands in order (see `Worker.serve`). A client is an asyncio
+protocol driving websockets' Sans-I/O `ClientProtocol` (handshake, framing, masking, pongs)
+and reading each frame in `data_received` itself: no task, future or queue per frame, so a
+delivery costs the client processes, which share the machine with the server, less CPU.
+
+Messages carry their origin and send time in the body,
+`~<client id>:<seq>:<time.monotonic()>~`, which both servers pass through verbatim, so any
+receiver measures send-to-receive latency (one machine, one monotonic clock) and a sender
+recognises its own message coming back as its acknowledgement.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
-from typing import Any
+from typing import Any, cast
 
-import websockets
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.uri import parse_uri
 
-MARK = "~"
+MARK = b"~"
 FILLER = "the quick brown fox jumps over the lazy dog " * 4
 
 
@@ -48,13 +54,16 @@ class Plan:
     check_order: bool = False
 
 
-class Client:
+class Client(asyncio.Protocol):
     """One socket: reads every frame, counts and times the marked ones."""
 
     def __init__(self, spec: ClientSpec, worker: Worker) -> None:
         self.spec = spec
         self.worker = worker
-        self.ws: ClientConnection | None = None
+        self.protocol = ClientProtocol(parse_uri(spec.url), max_size=None)  # no compression
+        self.transport: asyncio.Transport | None = None
+        self.opened = False  # the handshake succeeded
+        self._handshake: asyncio.Future[None] | None = None
         self.joined = asyncio.Event()
         self.joined_at = 0.0
         self.frames = 0
@@ -66,74 +75,98 @@ class Client:
         self.closed = False
         self.last_id = 0  # largest message id seen (check_order)
         self.order_errors = 0  # message ids at or below the previous one (check_order)
-        self._is_join: Callable[[str], bool]
+        self._is_join: Callable[[bytes], bool]
         if worker.plan.protocol == "chatroom":
             self._is_join = _is_history
         else:
-            own = f"Client #{spec.client_id} joined the chat"
+            own = f"Client #{spec.client_id} joined the chat".encode()
             self._is_join = own.__eq__
 
     async def open(self) -> None:
-        self.ws = await connect(
-            self.spec.url,
-            compression=None,
-            ping_interval=None,
-            open_timeout=600,
-            close_timeout=2,
-            max_size=None,
-            max_queue=None,
-        )
-        asyncio.get_running_loop().create_task(self._read(self.ws))
+        loop = asyncio.get_running_loop()
+        self._handshake = loop.create_future()
+        uri = self.protocol.uri
+        async with asyncio.timeout(600):
+            await loop.create_connection(lambda: self, uri.host, uri.port)
+            await self._handshake
+        self.opened = True
 
-    async def _read(self, ws: ClientConnection) -> None:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.protocol.send_request(self.protocol.connect())
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        protocol = self.protocol
+        protocol.receive_data(data)
+        for event in protocol.events_received():
+            if isinstance(event, Frame):
+                if event.opcode is Opcode.TEXT:
+                    self._on_text(cast(bytes, event.data))  # bytes, when received
+            elif isinstance(event, Response) and self._handshake is not None:
+                if protocol.handshake_exc is None:
+                    self._handshake.set_result(None)
+                else:
+                    self._handshake.set_exception(protocol.handshake_exc)
+        self._flush()  # pongs, and the reply to a close
+
+    def _flush(self) -> None:
+        assert self.transport is not None
+        for chunk in self.protocol.data_to_send():
+            if chunk:
+                self.transport.write(chunk)
+            elif self.transport.can_write_eof():
+                self.transport.write_eof()  # websockets' signal that it is done sending
+        if self.protocol.close_expected():
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.acked_event.set()
+        self.joined.set()  # wake whoever waits for the join; joined_at stays 0
+        if self._handshake is not None and not self._handshake.done():
+            self._handshake.set_exception(exc or ConnectionError("closed during the handshake"))
+
+    def _on_text(self, text: bytes) -> None:
         worker = self.worker
-        latencies = worker.latencies
-        own = self.spec.client_id
-        check_order = worker.plan.check_order
-        try:
-            async for text in ws:
-                now = time.monotonic()
-                worker.last_frame = now
-                self.frames += 1
-                if not isinstance(text, str):
-                    continue
-                if not self.joined.is_set():
-                    if self._is_join(text):
-                        self.joined_at = now
-                        self.joined.set()
-                    continue
-                start = text.find(MARK)
-                if start < 0:
-                    continue
-                end = text.find(MARK, start + 1)
-                sender, _seq, sent = text[start + 1 : end].split(":")
-                latencies.append(now - float(sent))
-                self.received += 1
-                if check_order:
-                    # '{"type":"message","id":123,...': the first "id" key is the message's
-                    at = text.find(ID_KEY) + len(ID_KEY)
-                    message_id = int(text[at : text.find(",", at)])
-                    if message_id <= self.last_id:
-                        self.order_errors += 1
-                    self.last_id = message_id
-                if int(sender) == own:
-                    self.in_flight -= 1
-                    self.acked += 1
-                    self.acked_event.set()
-        except websockets.ConnectionClosed:
-            pass
-        finally:
-            self.closed = True
+        now = time.monotonic()
+        worker.last_frame = now
+        self.frames += 1
+        if not self.joined.is_set():
+            if self._is_join(text):
+                self.joined_at = now
+                self.joined.set()
+            return
+        start = text.find(MARK)
+        if start < 0:
+            return
+        end = text.find(MARK, start + 1)
+        sender, _seq, sent = text[start + 1 : end].split(b":")
+        worker.latencies.append(now - float(sent))
+        self.received += 1
+        if worker.plan.check_order:
+            # '{"type":"message","id":123,...': the first "id" key is the message's
+            at = text.find(ID_KEY) + len(ID_KEY)
+            message_id = int(text[at : text.find(b",", at)])
+            if message_id <= self.last_id:
+                self.order_errors += 1
+            self.last_id = message_id
+        if int(sender) == self.spec.client_id:
+            self.in_flight -= 1
+            self.acked += 1
             self.acked_event.set()
-            self.joined.set()  # wake whoever waits for the join; joined_at stays 0
+
+    def send(self, body: str) -> None:
+        if not self.closed:
+            self.protocol.send_text(body.encode())
+            self._flush()
 
     def _body(self) -> str:
-        head = f"{MARK}{self.spec.client_id}:{self.sent}:{time.monotonic():.6f}{MARK} "
+        head = f"~{self.spec.client_id}:{self.sent}:{time.monotonic():.6f}~ "
         return head + FILLER[: max(0, self.worker.plan.body_chars - len(head))]
 
     async def send_closed_loop(self, deadline: float, window: int) -> None:
         """Keep at most `window` messages unacknowledged until the deadline."""
-        assert self.ws is not None
         while not self.closed and time.monotonic() < deadline:
             while self.in_flight >= window and not self.closed:
                 self.acked_event.clear()
@@ -143,30 +176,29 @@ class Client:
                     )
                 if time.monotonic() >= deadline:
                     return
-            await self.ws.send(self._body())
+            self.send(self._body())
             self.sent += 1
             self.in_flight += 1
 
     async def send_open_loop(self, deadline: float, rate: float, offset: float) -> None:
         """Send at a fixed rate whatever the acknowledgements do (latency under load)."""
-        assert self.ws is not None
         interval = 1.0 / rate
         due = time.monotonic() + offset
         while not self.closed and due < deadline:
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            await self.ws.send(self._body())
+            self.send(self._body())
             self.sent += 1
             self.in_flight += 1
             due += interval
 
 
-ID_KEY = '"id":'
+ID_KEY = b'"id":'
 
 
-def _is_history(text: str) -> bool:
-    return text.startswith('{"type":"history"')
+def _is_history(text: bytes) -> bool:
+    return text.startswith(b'{"type":"history"')
 
 
 class Worker:
@@ -214,7 +246,7 @@ class Worker:
         chosen = self.clients[start:stop]
         await asyncio.gather(*(join(client) for client in chosen))
         joined = [c.joined_at for c in chosen if c.joined_at]
-        dropped = sum(1 for c in chosen if c.ws is not None and not c.joined_at)
+        dropped = sum(1 for c in chosen if c.opened and not c.joined_at)
         return {
             "began": began,
             "joined": len(joined),
@@ -244,7 +276,7 @@ class Worker:
     async def run(self, duration: float, rate_offsets: dict[int, float]) -> dict[int, int]:
         """Senders send for `duration` seconds; returns what each sent."""
         deadline = time.monotonic() + duration
-        senders = [c for c in self.clients if c.spec.sender and c.ws is not None]
+        senders = [c for c in self.clients if c.spec.sender and c.opened]
         if self.plan.rate > 0:
             tasks = [
                 c.send_open_loop(deadline, self.plan.rate, rate_offsets.get(c.spec.client_id, 0))
@@ -278,7 +310,7 @@ class Worker:
             "frames": sum(c.frames for c in self.clients),
             "last_frame": self.last_frame,
             "latencies": self.latencies.tobytes(),
-            "closed": sum(c.closed for c in self.clients if c.ws is not None),
+            "closed": sum(c.closed for c in self.clients if c.opened),
         }
 
 
