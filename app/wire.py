@@ -51,12 +51,16 @@ class PreparedFrameProtocol(WebSocketsSansIOProtocol):
             self.scope["extensions"][PREPARED_FRAMES] = {"write": self.write_prepared}
 
     def write_prepared(self, frame: bytes) -> bool:
-        """Write frame now, as send() would; False where send() would wait or refuse."""
+        """Write frame now, as send() would; False where send() would wait or refuse.
+
+        Never raises: fan-out calls it for every socket of a room in one loop.
+        """
         if (
             self.close_sent
             or self.disconnected
             or not self.writable.is_set()
             or self.conn.state is not State.OPEN
+            or self.transport.is_closing()
         ):
             return False
         self.transport.write(frame)
