@@ -15,6 +15,7 @@ is absent and every frame goes through ASGI.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,8 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
+
+logger = logging.getLogger("chatroom.wire")
 
 PREPARED_FRAMES = "chatroom.websocket.prepared_frames"
 
@@ -41,27 +44,39 @@ def prepared_writer(scope: Scope) -> WritePrepared | None:
 
 
 class PreparedFrameProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's websockets-sansio protocol, offering PREPARED_FRAMES to the application."""
+    """uvicorn's websockets-sansio protocol, offering PREPARED_FRAMES to the application.
+
+    It reads the parent's state (close_sent, disconnected, writable, conn, transport, as
+    uvicorn 0.54 names them). Should a release rename them, the extension is not offered
+    or its writes are refused, and every frame goes through ASGI as before:
+    tests/test_wire.py fails on such a release, chatroom does not.
+    """
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
-        # Only for a handshake the app will see, and only where frames are sent as they
-        # are: an extension such as permessage-deflate would rewrite each one per socket.
-        if self.response.status_code == 101 and not self.conn.extensions:
-            self.scope["extensions"][PREPARED_FRAMES] = {"write": self.write_prepared}
+        try:
+            # Only for a handshake the app will see, and only where frames are sent as they
+            # are: an extension such as permessage-deflate would rewrite each one per socket.
+            if self.response.status_code == 101 and not self.conn.extensions:
+                self.scope["extensions"][PREPARED_FRAMES] = {"write": self.write_prepared}
+        except AttributeError:
+            logger.warning("uvicorn's protocol changed: prepared frames are not offered")
 
     def write_prepared(self, frame: bytes) -> bool:
         """Write frame now, as send() would; False where send() would wait or refuse.
 
         Never raises: fan-out calls it for every socket of a room in one loop.
         """
-        if (
-            self.close_sent
-            or self.disconnected
-            or not self.writable.is_set()
-            or self.conn.state is not State.OPEN
-            or self.transport.is_closing()
-        ):
+        try:
+            if (
+                self.close_sent
+                or self.disconnected
+                or not self.writable.is_set()
+                or self.conn.state is not State.OPEN
+                or self.transport.is_closing()
+            ):
+                return False
+        except AttributeError:
             return False
         self.transport.write(frame)
         return True
