@@ -112,6 +112,17 @@ class RedisBroker:
     ) -> None:
         delay, lost = 0.1, False
         prefix_length = len(self._channel_prefix)
+        # Messages that arrived in one read are parsed without the loop running in between:
+        # collect them and deliver them together once it does, so that a room's messages
+        # reach each socket in one write, as with memory:// (Hub.deliver_many).
+        pending: list[tuple[str, Frame]] = []
+        loop = asyncio.get_running_loop()
+
+        def flush() -> None:
+            frames = pending.copy()
+            pending.clear()
+            deliver(frames)
+
         while True:
             try:
                 async with self._subscriber.pubsub(ignore_subscribe_messages=True) as pubsub:
@@ -127,7 +138,9 @@ class RedisBroker:
                             continue
                         room = message["channel"][prefix_length:]
                         message_id, _, text = message["data"].partition(":")
-                        deliver([(room, Frame(text, int(message_id) if message_id else None))])
+                        if not pending:
+                            loop.call_soon(flush)
+                        pending.append((room, Frame(text, int(message_id) if message_id else None)))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
