@@ -141,14 +141,16 @@ class ChatService:
 
     def _deliver(self, frames: Sequence[tuple[str, Frame]]) -> None:
         """Every frame the broker brings: keep the replays current, then fan out."""
-        rooms = []
+        messages: list[tuple[str, Frame]] = []
         for room, frame in frames:
             if room == REVOCATIONS:
+                self.hub.deliver_many(messages)  # what came before it, first
+                messages = []
                 self._revoked(frame.text)
             else:
                 self.recent.note(room, frame)
-                rooms.append((room, frame))
-        self.hub.deliver_many(rooms)
+                messages.append((room, frame))
+        self.hub.deliver_many(messages)
 
     async def _catch_up(self) -> None:
         """After a broker outage: hand each local room what was stored meanwhile."""
