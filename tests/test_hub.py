@@ -56,16 +56,24 @@ class PreparedSocket(FakeSocket):
         return True
 
 
-def connect(socket: FakeSocket, *, max_frames: int = 0) -> Connection:
+def connect(socket: FakeSocket, *, max_frames: int = 0, room: str = "r") -> Connection:
     write = socket.write_prepared if isinstance(socket, PreparedSocket) else None
     return Connection(
         user="ann",
-        room="r",
+        room=room,
         send=socket.send,
         max_frames=max_frames,
         max_bytes=0,
         write_prepared=write,
     )
+
+
+def join(hub: Hub, socket: FakeSocket, room: str = "r") -> Connection:
+    """A started connection of socket in room."""
+    connection = connect(socket, room=room)
+    hub.add(connection)
+    connection.start()
+    return connection
 
 
 async def settle() -> None:
@@ -180,9 +188,7 @@ async def test_a_broadcast_is_framed_once_and_written_as_is_to_every_socket() ->
     hub = Hub()
     sockets = [PreparedSocket() for _ in range(3)]
     for socket in sockets:
-        connection = connect(socket)
-        hub.add(connection)
-        connection.start()
+        join(hub, socket)
     hub.deliver("r", Frame("héllo", 1))
     first = sockets[0].written[0]
     assert first == prepared_frame("héllo")
@@ -210,24 +216,11 @@ async def test_a_rooms_messages_committed_together_reach_each_socket_in_one_writ
     hub = Hub()
     sockets = [PreparedSocket() for _ in range(2)]
     for socket in sockets:
-        connection = connect(socket)
-        hub.add(connection)
-        connection.start()
-    behind_socket = FakeSocket()
-    behind = connect(behind_socket)  # no prepared frames: one ASGI send per message
-    hub.add(behind)
-    behind.start()
+        join(hub, socket)
+    behind_socket = FakeSocket()  # no prepared frames: one ASGI send per message
+    behind = join(hub, behind_socket)
     other_room = PreparedSocket()
-    elsewhere = Connection(
-        user="bob",
-        room="s",
-        send=other_room.send,
-        max_frames=0,
-        max_bytes=0,
-        write_prepared=other_room.write_prepared,
-    )
-    hub.add(elsewhere)
-    elsewhere.start()
+    join(hub, other_room, room="s")
     hub.deliver_many([("r", Frame("a", 1)), ("s", Frame("x", 2)), ("r", Frame("b", 3))])
     both = prepared_frame("a") + prepared_frame("b")
     assert all(socket.written == [both] for socket in sockets)
