@@ -39,7 +39,8 @@ def prepared_frame(text: str) -> bytes:
 
 def prepared_writer(scope: Scope) -> WritePrepared | None:
     """The socket's writer of prepared frames, when its server offers one."""
-    extension: dict[str, Any] | None = scope.get("extensions", {}).get(PREPARED_FRAMES)
+    # ASGI allows a server to set "extensions" to None as well as to leave it out.
+    extension: dict[str, Any] | None = (scope.get("extensions") or {}).get(PREPARED_FRAMES)
     return None if extension is None else extension["write"]
 
 
