@@ -10,14 +10,13 @@ import sys
 
 from pydantic import ValidationError
 
-from app.config import Settings
-from app.db import create_engine, create_session_factory
-from app.migrate import upgrade
-from app.schemas import Credentials
-from app.secret import load_secret_key
-from app.security import create_access_token
+from app.api.schemas import Credentials
+from app.core.config import Settings
+from app.core.db import create_engine, create_session_factory
+from app.core.migrate import upgrade
+from app.core.security import create_access_token, load_secret_key
+from app.core.users import UsernameTaken, create_user, get_user
 from app.server import uvicorn_options
-from app.users import UsernameTaken, create_user, get_user
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,21 +10,20 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from app.api.deps import Services
+from app.api.headers import SecurityHeaders
+from app.api.routes import auth, history, pages, rooms, websocket
 from app.chat.broker import create_broker
 from app.chat.presence import create_presence
 from app.chat.service import ChatService
-from app.config import Settings
-from app.db import create_engine, create_session_factory
-from app.headers import SecurityHeaders
-from app.logs import install_redaction
-from app.migrate import ensure_at_head
-from app.paths import resource
-from app.routes import auth, history, pages, rooms, websocket
-from app.secret import load_secret_key
-from app.shutdown import install_graceful_stop
-from app.state import Services
-from app.throttle import LoginThrottle
-from app.users import UserCache
+from app.core.config import Settings, resource
+from app.core.db import create_engine, create_session_factory
+from app.core.logs import install_redaction
+from app.core.migrate import ensure_at_head
+from app.core.security import load_secret_key
+from app.core.throttle import LoginThrottle
+from app.core.users import UserCache
+from app.server import install_graceful_stop
 
 
 def _freeze_startup_objects() -> None:

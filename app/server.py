@@ -1,11 +1,65 @@
-"""uvicorn options that chatroom needs, shared by the CLI, tests and benchmarks."""
+"""How chatroom runs under uvicorn: its options, and a graceful stop on SIGTERM/SIGINT.
+
+uvicorn answers a signal by failing every WebSocket at once with 1012. chatroom first stops
+taking messages, finishes the writes and broadcasts in flight, and closes its sockets with
+1001, then hands the signal on to uvicorn. A second signal is handed on at once.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import Awaitable, Callable
+from types import FrameType
 from typing import Any
 
-from app.config import Settings
+from app.core.config import Settings
 from app.wire import PreparedFrameProtocol
+
+logger = logging.getLogger("chatroom")
+
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def install_graceful_stop(drain: Callable[[], Awaitable[None]]) -> Callable[[], None]:
+    """Run drain() before the server's own signal handling; returns an uninstaller."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # signals reach the main thread only (tests run servers in threads)
+    loop = asyncio.get_running_loop()
+    previous: dict[int, Any] = {sig: signal.getsignal(sig) for sig in HANDLED_SIGNALS}
+    draining: list[asyncio.Task[None]] = []
+
+    def pass_on(sig: int, frame: FrameType | None) -> None:
+        handler = previous[sig]
+        if callable(handler):
+            handler(sig, frame)
+
+    async def drain_then_pass_on(sig: int) -> None:
+        logger.info("draining chat before shutdown")
+        try:
+            await drain()
+        finally:
+            pass_on(sig, None)
+
+    def on_signal(sig: int, frame: FrameType | None) -> None:
+        if draining:
+            pass_on(sig, frame)
+            return
+        loop.call_soon_threadsafe(
+            lambda: draining.append(loop.create_task(drain_then_pass_on(sig)))
+        )
+
+    for sig in HANDLED_SIGNALS:
+        signal.signal(sig, on_signal)
+
+    def uninstall() -> None:
+        for sig, handler in previous.items():
+            if signal.getsignal(sig) is on_signal:
+                signal.signal(sig, handler)
+
+    return uninstall
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import argparse
 
 import uvicorn
 
-from app.config import Settings
+from app.core.config import Settings
 from app.server import uvicorn_options
 
 

@@ -25,7 +25,7 @@ import argparse
 import uvicorn
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
-from app.config import Settings
+from app.core.config import Settings
 from app.server import uvicorn_options
 
 

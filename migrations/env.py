@@ -8,9 +8,9 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from app.config import Settings
-from app.db import create_engine
-from app.models import Base
+from app.core.config import Settings
+from app.core.db import create_engine
+from app.core.models import Base
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("database_url"):

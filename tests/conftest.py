@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.config import Settings
-from app.migrate import upgrade
+from app.core.config import Settings
+from app.core.migrate import upgrade
 from tests.helpers import SECRET, LiveServer, open_clients
 
 

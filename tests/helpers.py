@@ -15,7 +15,7 @@ import websockets
 from starlette.types import ASGIApp
 from websockets.asyncio.client import ClientConnection
 
-from app.config import Settings
+from app.core.config import Settings
 from app.main import create_app
 from app.server import uvicorn_options
 

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from app.config import Settings
-from app.secret import load_secret_key
+from app.core.config import Settings
+from app.core.security import load_secret_key
 from tests.helpers import free_port
 
 

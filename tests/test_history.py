@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from app.config import Settings
+from app.core.config import Settings
 from tests.helpers import ChatClient, LiveServer, connect, join, register
 
 

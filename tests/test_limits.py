@@ -8,7 +8,7 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from app.config import Settings
+from app.core.config import Settings
 from tests.helpers import PASSWORD, LiveServer, connect, join, register
 
 

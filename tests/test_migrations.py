@@ -9,8 +9,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
-from app.migrate import downgrade, upgrade
-from app.models import Base
+from app.core.migrate import downgrade, upgrade
+from app.core.models import Base
 
 
 def tables(path: Path) -> set[str]:
@@ -47,8 +47,8 @@ def test_server_refuses_an_unmigrated_database(tmp_path: Path) -> None:
 
     import pytest
 
-    from app.db import create_engine as create_async
-    from app.migrate import NotMigrated, ensure_at_head
+    from app.core.db import create_engine as create_async
+    from app.core.migrate import NotMigrated, ensure_at_head
 
     async def check() -> None:
         engine = create_async(f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}")

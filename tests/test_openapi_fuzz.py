@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import BaseSchema, Case, GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from app.config import Settings
+from app.core.config import Settings
+from app.core.migrate import upgrade
 from app.main import create_app
-from app.migrate import upgrade
 from tests.helpers import PASSWORD, SECRET, LiveServer
 
 FUZZ_USER = "fuzz-user"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from app.security import create_access_token
+from app.core.security import create_access_token
 from tests.helpers import PASSWORD, SECRET, LiveServer, join, register
 
 

@@ -24,10 +24,10 @@ from pydantic import Field, TypeAdapter, ValidationError
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
+from app.api.schemas import ROOM_PATTERN, USERNAME_PATTERN, Credentials
 from app.chat.protocol import ClientMessage, FrameError, parse_client_frame
-from app.config import Settings
-from app.migrate import upgrade
-from app.schemas import ROOM_PATTERN, USERNAME_PATTERN, Credentials
+from app.core.config import Settings
+from app.core.migrate import upgrade
 from tests.helpers import PASSWORD, SECRET, LiveServer, join, register
 
 # The error codes of docs/protocol.md that a text frame can earn (binary_unsupported and

@@ -22,7 +22,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from app.chat import sqlite_writer
-from app.config import Settings
+from app.core.config import Settings
 from tests.helpers import SECRET, ChatClient, LiveServer, free_port, join, register
 
 

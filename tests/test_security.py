@@ -9,8 +9,8 @@ import pytest
 from jose import jwt
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from app.config import Settings
-from app.security import create_access_token
+from app.core.config import Settings
+from app.core.security import create_access_token
 from tests.helpers import PASSWORD, SECRET, LiveServer, connect, join, register
 
 

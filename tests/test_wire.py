@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import websockets
 
-from app.config import Settings
+from app.core.config import Settings
 from app.wire import prepared_frame, prepared_writer
 from tests.helpers import LiveServer
 

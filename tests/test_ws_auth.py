@@ -11,7 +11,7 @@ import pytest
 from jose import jwt
 from websockets.exceptions import InvalidStatus
 
-from app.security import create_access_token
+from app.core.security import create_access_token
 from tests.helpers import SECRET, LiveServer, connect, register
 
 

@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.models import Message
+from app.core.models import Message
 
 
 @dataclass(frozen=True, slots=True)

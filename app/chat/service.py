@@ -35,7 +35,7 @@ from app.chat.protocol import (
 from app.chat.ratelimit import TokenBucket
 from app.chat.recent import RecentHistory
 from app.chat.store import MessageWriter, Stored, StoredMessage, StoreFailed, history_page
-from app.config import Settings
+from app.core.config import Settings
 from app.wire import prepared_writer
 
 logger = logging.getLogger("chatroom.chat")

@@ -33,8 +33,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.pool import PoolProxiedConnection
 
 from app.chat.batches import Key, Pending, Stored, StoredMessage, new_rows, outcomes, resend_keys
-from app.db import create_sqlite_writer_engine
-from app.models import Message, utcnow
+from app.core.db import create_sqlite_writer_engine
+from app.core.models import Message, utcnow
 
 logger = logging.getLogger("chatroom.store")
 

@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from app.chat.batches import Key, Pending, Stored, StoredMessage, new_rows, outcomes, resend_keys
 from app.chat.ordering import LocalOnly, RoomLock
 from app.chat.sqlite_writer import SqliteWriter
-from app.db import IMMEDIATE
-from app.models import Message, utcnow
+from app.core.db import IMMEDIATE
+from app.core.models import Message, utcnow
 
 __all__ = ["MessageWriter", "Stored", "StoredMessage", "StoreFailed", "history_page"]
 

@@ -27,8 +27,8 @@ import pytest_asyncio
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
-from app.config import Settings
-from app.security import create_access_token
+from app.core.config import Settings
+from app.core.security import create_access_token
 from tests.helpers import PASSWORD, SECRET, LiveServer
 
 if TYPE_CHECKING:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from playwright.async_api import Page, async_playwright, expect
 
-from app.config import Settings
-from app.migrate import upgrade
+from app.core.config import Settings
+from app.core.migrate import upgrade
 from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, create_account
 from tests.helpers import SECRET, LiveServer
 

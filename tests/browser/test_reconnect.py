@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from app.config import Settings
+from app.core.config import Settings
 from tests.browser.conftest import LOOP, Browsers, OpenPoster, say
 from tests.helpers import LiveServer
 

@@ -37,7 +37,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from app.migrate import upgrade
+from app.core.migrate import upgrade
 from tests.helpers import SECRET, ChatClient, connect, free_port, register
 
 REPO = Path(__file__).resolve().parents[2]
@@ -132,7 +132,7 @@ def shared_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "postgres":
         url: str = request.getfixturevalue("postgres_url")
     else:
-        url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"  # WAL, set by app.db
+        url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"  # WAL, set by app.core.db
     upgrade(url)
     return url
 

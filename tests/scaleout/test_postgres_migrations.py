@@ -10,9 +10,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
-from app.db import create_engine
-from app.migrate import NotMigrated, downgrade, ensure_at_head, upgrade
-from app.models import Base
+from app.core.db import create_engine
+from app.core.migrate import NotMigrated, downgrade, ensure_at_head, upgrade
+from app.core.models import Base
 
 pytestmark = pytest.mark.postgres
 

@@ -9,9 +9,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.models import User, utcnow
-from app.security import hash_password, verify_password
-from app.throttle import LoginThrottle
+from app.core.models import User, utcnow
+from app.core.security import hash_password, verify_password
+from app.core.throttle import LoginThrottle
 
 USER_CACHE_SECONDS = 5.0  # how stale a handshake's view of an account may be
 

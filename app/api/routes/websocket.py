@@ -16,9 +16,8 @@ from starlette.routing import WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from app.deps import CLOSE_POLICY_VIOLATION, Identity, websocket_identity
-from app.schemas import MAX_MESSAGE_ID, ROOM_PATTERN
-from app.state import Services
+from app.api.deps import CLOSE_POLICY_VIOLATION, Identity, Services, websocket_identity
+from app.api.schemas import MAX_MESSAGE_ID, ROOM_PATTERN
 
 _ROOM = re.compile(ROOM_PATTERN)
 _SINCE = re.compile(r"[0-9]{1,19}")

@@ -9,7 +9,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.paths import resource
+from app.core.config import resource
 
 
 class NotMigrated(RuntimeError):

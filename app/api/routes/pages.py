@@ -11,10 +11,16 @@ from fastapi import APIRouter, Depends, Form, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from app.deps import SESSION_COOKIE, Identity, ServicesDep, SessionDep, optional_identity
-from app.paths import resource
-from app.routes.auth import client_address, issue_token
-from app.schemas import (
+from app.api.deps import (
+    SESSION_COOKIE,
+    Identity,
+    Services,
+    ServicesDep,
+    SessionDep,
+    optional_identity,
+)
+from app.api.routes.auth import client_address, issue_token
+from app.api.schemas import (
     PASSWORD_MAX_CHARS,
     PASSWORD_MIN_CHARS,
     ROOM_PATTERN,
@@ -22,10 +28,10 @@ from app.schemas import (
     Credentials,
     RoomId,
 )
-from app.state import Services
-from app.throttle import LoginThrottled
-from app.users import UsernameTaken, create_user
-from app.users import login as login_user
+from app.core.config import resource
+from app.core.throttle import LoginThrottled
+from app.core.users import UsernameTaken, create_user
+from app.core.users import login as login_user
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=resource("templates"))

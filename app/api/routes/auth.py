@@ -10,13 +10,12 @@ from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.deps import CurrentIdentity, ServicesDep, SessionDep
-from app.models import User
-from app.schemas import PASSWORD_MAX_CHARS, PASSWORD_MIN_CHARS, Credentials, TokenOut, UserOut
-from app.security import create_access_token
-from app.state import Services
-from app.throttle import LoginThrottled
-from app.users import UsernameTaken, change_password, create_user, login
+from app.api.deps import CurrentIdentity, Services, ServicesDep, SessionDep
+from app.api.schemas import PASSWORD_MAX_CHARS, PASSWORD_MIN_CHARS, Credentials, TokenOut, UserOut
+from app.core.models import User
+from app.core.security import create_access_token
+from app.core.throttle import LoginThrottled
+from app.core.users import UsernameTaken, change_password, create_user, login
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 

@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
+from app.api.deps import CurrentIdentity, ServicesDep
 from app.chat.protocol import iso_utc
 from app.chat.rooms import recent_rooms
-from app.deps import CurrentIdentity, ServicesDep
 
 router = APIRouter()
 

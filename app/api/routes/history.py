@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
 
+from app.api.deps import CurrentIdentity, ServicesDep
+from app.api.schemas import MAX_MESSAGE_ID, HistoryOut, MessageOut, RoomId
 from app.chat.protocol import message_payload
 from app.chat.store import history_page
-from app.deps import CurrentIdentity, ServicesDep
-from app.schemas import MAX_MESSAGE_ID, HistoryOut, MessageOut, RoomId
 
 router = APIRouter()
 

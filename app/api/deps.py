@@ -7,19 +7,37 @@ login page, or, for WebSockets, whose browsers cannot set headers, a `token` que
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated
 from urllib.parse import urlsplit
 
 from fastapi import Cookie, Depends, HTTPException, WebSocket, WebSocketException, status
 from fastapi.security import OAuth2PasswordBearer
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
-from app.security import InvalidToken, TokenClaims, decode_access_token
-from app.state import Services
+from app.chat.service import ChatService
+from app.core.config import Settings
+from app.core.security import InvalidToken, TokenClaims, decode_access_token
+from app.core.throttle import LoginThrottle
+from app.core.users import UserCache
 
 SESSION_COOKIE = "session"
 CLOSE_POLICY_VIOLATION = 1008
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """The long-lived objects of one running app, created by the lifespan."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    secret_key: str
+    chat: ChatService
+    login_throttle: LoginThrottle
+    users: UserCache
+
 
 bearer = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
 

@@ -63,3 +63,18 @@ class Settings(BaseSettings):
         if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
             return Path(url.database).resolve().parent / "chatroom.secret"
         return Path("chatroom.secret").resolve()
+
+
+_PACKAGE = Path(__file__).resolve().parent.parent
+
+
+def resource(name: str) -> Path:
+    """Path of a bundled top-level folder or file (templates, static, migrations).
+
+    In a wheel they live in app/_bundled (see pyproject.toml); in a source checkout they are
+    the top-level folders of the repository.
+    """
+    for candidate in (_PACKAGE / "_bundled" / name, _PACKAGE.parent / name):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"chatroom resource {name!r} is missing from the installation")

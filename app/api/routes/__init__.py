@@ -1,0 +1,1 @@
+"""HTTP and WebSocket endpoints: thin layers over app.chat and app.core."""

@@ -1,1 +1,0 @@
-"""HTTP and WebSocket endpoints: thin layers over app.chat, app.users and app.security."""
