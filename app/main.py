@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.exceptions import WebSocketRequestValidationError
 from fastapi.staticfiles import StaticFiles
 
 from app.api.deps import Services
@@ -86,9 +87,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await engine.dispose()
 
     app = FastAPI(title="chatroom", version="0.1.0", lifespan=lifespan)
-    for module in (auth, history, rooms, pages):
+    for module in (auth, history, rooms, pages, websocket):
         app.include_router(module.router)
-    app.router.routes.append(websocket.route)
+    app.add_exception_handler(WebSocketRequestValidationError, websocket.refuse_invalid_handshake)  # type: ignore[arg-type]
     app.mount("/static", StaticFiles(directory=resource("static")), name="static")
     docs = (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
     app.add_middleware(SecurityHeaders, exempt_paths=docs)

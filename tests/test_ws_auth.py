@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -93,3 +94,31 @@ async def test_since_of_the_largest_id_is_accepted(
     _, history = await client.join()
     assert history["messages"] == []
     await client.close()
+
+
+async def test_bearer_header_opens_the_socket_for_non_browser_clients(
+    server: LiveServer, http: httpx.AsyncClient
+) -> None:
+    token = await register(http, "alice")
+    client = await connect(server, "r1", additional_headers={"Authorization": f"Bearer {token}"})
+    welcome, _ = await client.join()
+    assert welcome["user"] == "alice"
+    await expect_refused(server, additional_headers={"Authorization": "Bearer not-a-jwt"})
+
+
+async def test_the_log_says_why_a_handshake_was_refused_and_never_shows_the_token(
+    server: LiveServer, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chatroom.auth")
+    token = create_access_token("alice", key=SECRET, minutes=5, rooms=["other"])
+    good = await register(http, "alice")
+    await expect_refused(server, token=token)
+    await expect_refused(server, token=good, query="since=abc")
+    await expect_refused(server, token=forged_tokens()["wrong_key"])
+    reasons = [r.getMessage() for r in caplog.records if r.name == "chatroom.auth"]
+    assert reasons == [
+        "refused socket /items/r1/ws: your token does not open this room",
+        "refused socket /items/r1/ws: invalid since",
+        "refused socket /items/r1/ws: authentication required",
+    ]
+    assert not any(t in r.getMessage() for r in caplog.records for t in (token, good))

@@ -6,16 +6,27 @@ login page, or, for WebSockets, whose browsers cannot set headers, a `token` que
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, NoReturn
 from urllib.parse import urlsplit
 
-from fastapi import Cookie, Depends, HTTPException, WebSocket, WebSocketException, status
+from fastapi import (
+    Cookie,
+    Depends,
+    Header,
+    HTTPException,
+    Query,
+    WebSocket,
+    WebSocketException,
+    status,
+)
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
+from app.api.schemas import RoomId
 from app.chat.service import ChatService
 from app.core.config import Settings
 from app.core.security import InvalidToken, TokenClaims, decode_access_token
@@ -23,7 +34,8 @@ from app.core.throttle import LoginThrottle
 from app.core.users import UserCache
 
 SESSION_COOKIE = "session"
-CLOSE_POLICY_VIOLATION = 1008
+
+logger = logging.getLogger("chatroom.auth")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,21 +127,42 @@ async def optional_identity(
     return await _identify(services, session)
 
 
-async def websocket_identity(websocket: WebSocket, services: Services) -> Identity:
-    """The socket's user, from the `token` query parameter or the `session` cookie.
+async def socket_identity(
+    websocket: WebSocket,
+    services: ServicesDep,
+    item_id: RoomId,
+    token: Annotated[str | None, Query(description="An access token (browsers)")] = None,
+    session: Annotated[str | None, Cookie(include_in_schema=False)] = None,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Identity:
+    """The room socket's user: from `?token=`, an `Authorization: Bearer` header or the
+    `session` cookie (the FastAPI docs' get_cookie_or_token, with the checks a chat needs).
 
-    Raises WebSocketException (1008) when unknown; before accept, the client sees HTTP 403.
+    Refuses with 1008 before accept, which the client sees as HTTP 403; the log says why.
     """
-    token = websocket.query_params.get("token")
-    session = websocket.cookies.get(SESSION_COOKIE)
-    if not token and session and not _same_site(websocket, services.settings.allowed_origin_list):
+    scheme, _, bearer_token = (authorization or "").partition(" ")
+    credential = token or (bearer_token if scheme.lower() == "bearer" else None)
+    if not credential and session:
         # Browsers send cookies with a cross-site WebSocket handshake, and CORS does not
         # apply to it: without this check any page could talk in the user's name.
-        raise WebSocketException(CLOSE_POLICY_VIOLATION, "origin not allowed")
-    identity = await _identify(services, token or session)
+        if not _same_site(websocket, services.settings.allowed_origin_list):
+            _refuse(websocket, "origin not allowed")
+        credential = session
+    identity = await _identify(services, credential)
     if identity is None:
-        raise WebSocketException(CLOSE_POLICY_VIOLATION, "authentication required")
+        _refuse(websocket, "authentication required")
+    if not identity.may_enter(item_id):
+        _refuse(websocket, "your token does not open this room")
     return identity
+
+
+SocketIdentity = Annotated[Identity, Depends(socket_identity)]
+
+
+def _refuse(websocket: WebSocket, reason: str) -> NoReturn:
+    # The path only: the query string may hold the token.
+    logger.info("refused socket %s: %s", websocket.url.path, reason)
+    raise WebSocketException(status.WS_1008_POLICY_VIOLATION, reason)
 
 
 def _same_site(websocket: WebSocket, allowed: frozenset[str]) -> bool:
