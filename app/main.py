@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,6 +13,7 @@ from app.api.deps import Services
 from app.api.headers import SecurityHeaders
 from app.api.routes import auth, history, pages, rooms, websocket
 from app.chat.broker import create_broker
+from app.chat.hub import Hub
 from app.chat.presence import create_presence
 from app.chat.service import ChatService
 from app.core.config import Settings, resource
@@ -25,19 +24,6 @@ from app.core.security import load_secret_key
 from app.core.throttle import LoginThrottle
 from app.core.users import UserCache
 from app.server import install_graceful_stop
-
-
-def _freeze_startup_objects() -> None:
-    """Leave what startup built (modules, the app, engines: about 150,000 objects) out of
-    every later garbage collection: they live as long as the process, and a full collection
-    that walked them paused the event loop for up to 63 ms (bench/README.md).
-
-    Only in a server process: tests run servers in threads, one after another, and frozen
-    objects that later become garbage in a cycle are never collected.
-    """
-    if threading.current_thread() is threading.main_thread():
-        gc.collect()
-        gc.freeze()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -51,13 +37,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             await ensure_at_head(engine)
             sessions = create_session_factory(engine)
+            hub = Hub()
             chat = ChatService(
                 settings=settings,
                 engine=engine,
                 sessions=sessions,
+                hub=hub,
                 broker=create_broker(settings.broker_url),
                 presence=create_presence(
-                    settings.broker_url, ttl_seconds=settings.presence_ttl_seconds
+                    settings.broker_url, hub, ttl_seconds=settings.presence_ttl_seconds
                 ),
             )
             users = UserCache(sessions)
@@ -77,7 +65,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ),
             )
             uninstall = install_graceful_stop(chat.stop)
-            _freeze_startup_objects()
             try:
                 yield {"services": services}
             finally:

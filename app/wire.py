@@ -15,11 +15,13 @@ is absent and every frame goes through ASGI.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from starlette.types import Scope
+from starlette.websockets import WebSocket
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
@@ -28,12 +30,31 @@ from websockets.protocol import State
 logger = logging.getLogger("chatroom.wire")
 
 PREPARED_FRAMES = "chatroom.websocket.prepared_frames"
+# Broadcasts framed and kept at once: the frames of a few batches in flight. Bounded, so at
+# most this many frames of at most CHATROOM_MAX_FRAME_BYTES-ish each stay in memory.
+PREPARED_CACHE_FRAMES = 256
 
 WritePrepared = Callable[[bytes], bool]
 
 
+async def send_texts(websocket: WebSocket, texts: Sequence[str]) -> None:
+    """Send texts in order: in one write of prepared frames where the server offers it,
+    else (or where that write would wait or fail) one ASGI send each."""
+    if not texts:
+        return
+    write = prepared_writer(websocket.scope)
+    if write is not None and write(b"".join(prepared_frame(text) for text in texts)):
+        return
+    for text in texts:
+        await websocket.send_text(text)
+
+
+@functools.lru_cache(maxsize=PREPARED_CACHE_FRAMES)
 def prepared_frame(text: str) -> bytes:
-    """text as one complete, unmasked WebSocket text frame, ready for any socket."""
+    """text as one complete, unmasked WebSocket text frame, ready for any socket.
+
+    Cached by text: the receivers of a broadcast all hand in the same string, framed once.
+    """
     return Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
 
 

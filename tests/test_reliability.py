@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from sqlalchemy.engine import make_url
 from websockets.exceptions import ConnectionClosed
 
-from app.chat import sqlite_writer
 from app.core.config import Settings
 from tests.helpers import SECRET, ChatClient, LiveServer, free_port, join, register
 
@@ -192,19 +192,17 @@ async def _kill_mid_broadcast(roomy_server: LiveServer, caplog: pytest.LogCaptur
 
 
 async def test_store_failure_is_reported_and_nothing_is_broadcast(
-    server: LiveServer, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    server: LiveServer, http: httpx.AsyncClient, database_url: str
 ) -> None:
     alice_token = await register(http, "alice")
     alice = await join(server, "r1", alice_token)
     bob = await join(server, "r1", await register(http, "bob"))
-    real_insert = sqlite_writer.insert_batch
-
-    def failing_insert(raw: Any, batch: list[Any], created_at: Any) -> Any:
-        if any("doomed" in pending.body for pending in batch):
-            raise sqlite3.OperationalError("disk I/O error")
-        return real_insert(raw, batch, created_at)
-
-    monkeypatch.setattr(sqlite_writer, "insert_batch", failing_insert)
+    # The database itself refuses this one message, as a failing disk would.
+    with sqlite3.connect(make_url(database_url).database or "") as db:
+        db.execute(
+            "CREATE TRIGGER doomed BEFORE INSERT ON messages WHEN NEW.body LIKE '%doomed%'"
+            " BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+        )
     await alice.send("doomed message")
     error = await alice.recv_type("error")
     assert error["code"] == "store_failed"
@@ -212,6 +210,46 @@ async def test_store_failure_is_reported_and_nothing_is_broadcast(
     # bob sees the next message, never the failed one; the server carries on.
     assert (await bob.recv_type("message"))["body"] == "fine message"
     assert [m["body"] for m in await history(http, alice_token)] == ["fine message"]
+
+
+async def test_a_write_lock_held_elsewhere_delays_the_message_but_nothing_else(
+    server: LiveServer, http: httpx.AsyncClient, database_url: str
+) -> None:
+    """Another process holding SQLite's write lock: the message waits for it (then is
+    stored), while the server keeps answering everyone else."""
+    token = await register(http, "alice")
+    alice = await join(server, "r1", token)
+    other = sqlite3.connect(make_url(database_url).database or "", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        await alice.send("behind the lock")
+        for _ in range(5):
+            started = time.monotonic()
+            assert (await http.get("/healthz")).status_code == 200
+            assert time.monotonic() - started < 0.5, "the event loop waited for the lock"
+            await asyncio.sleep(0.1)
+        with pytest.raises(TimeoutError):
+            await alice.recv_type("message", timeout=0.2)
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    assert (await alice.recv_type("message"))["body"] == "behind the lock"
+    assert [m["body"] for m in await history(http, token)] == ["behind the lock"]
+
+
+async def test_a_client_msg_id_is_a_resend_only_in_its_own_room(
+    server: LiveServer, http: httpx.AsyncClient
+) -> None:
+    token = await register(http, "alice")
+    in_a = await join(server, "room-a", token)
+    await in_a.send("secret of room a", client_msg_id="c-1")
+    first = await in_a.recv_type("message")
+    in_b = await join(server, "room-b", token)
+    await in_b.send("hello room b", client_msg_id="c-1")
+    answer = await in_b.recv_type("message")
+    assert (answer["room"], answer["body"]) == ("room-b", "hello room b")
+    assert answer["id"] != first["id"]
+    assert [m["body"] for m in await history(http, token, "room-b")] == ["hello room b"]
 
 
 async def test_resend_with_same_client_msg_id_is_stored_once(

@@ -34,11 +34,9 @@ class Broker(Protocol):
         caller can re-read what was published meanwhile.
         """
 
-    async def publish(self, room: str, frame: Frame) -> None:
-        """Send frame to every subscriber of room, in publish order."""
-
     async def publish_many(self, frames: Sequence[tuple[str, Frame]]) -> None:
-        """publish() each (room, frame) in order, in as few round trips as the broker allows."""
+        """Send each (room, frame) to every subscriber of room, in order, in as few round
+        trips as the broker allows."""
 
     async def stop(self) -> None: ...
 
@@ -51,10 +49,6 @@ class MemoryBroker:
 
     async def start(self, deliver: Deliver, resubscribed: Resubscribed) -> None:
         self._deliver = deliver
-
-    async def publish(self, room: str, frame: Frame) -> None:
-        if self._deliver is not None:
-            self._deliver([(room, frame)])
 
     async def publish_many(self, frames: Sequence[tuple[str, Frame]]) -> None:
         if self._deliver is not None:
@@ -86,9 +80,6 @@ class RedisBroker:
         )
         await ready  # subscribed: nothing published from now on is missed
 
-    async def publish(self, room: str, frame: Frame) -> None:
-        await self._redis.publish(*self._envelope(room, frame))
-
     async def publish_many(self, frames: Sequence[tuple[str, Frame]]) -> None:
         # One round trip for a whole committed batch; Redis runs a pipeline in order.
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -113,8 +104,7 @@ class RedisBroker:
         delay, lost = 0.1, False
         prefix_length = len(self._channel_prefix)
         # Messages that arrived in one read are parsed without the loop running in between:
-        # collect them and deliver them together once it does, so that a room's messages
-        # reach each socket in one write, as with memory:// (Hub.deliver_many).
+        # collect them and deliver them together once it does, as with memory://.
         pending: list[tuple[str, Frame]] = []
         loop = asyncio.get_running_loop()
 

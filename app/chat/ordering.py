@@ -19,14 +19,14 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Protocol
 
-from sqlalchemy import text
+from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 
 class RoomLock(Protocol):
     def hold(
-        self, connection: AsyncConnection | None, rooms: Iterable[str]
+        self, connection: AsyncConnection, rooms: Iterable[str]
     ) -> AbstractAsyncContextManager[None]:
         """Hold rooms for the writes and publishes done inside."""
 
@@ -35,9 +35,7 @@ class LocalOnly:
     """One process, one writer task: its order is already the order."""
 
     @asynccontextmanager
-    async def hold(
-        self, connection: AsyncConnection | None, rooms: Iterable[str]
-    ) -> AsyncIterator[None]:
+    async def hold(self, connection: AsyncConnection, rooms: Iterable[str]) -> AsyncIterator[None]:
         yield
 
 
@@ -51,9 +49,7 @@ class FileLock:
         self._path = path
 
     @asynccontextmanager
-    async def hold(
-        self, connection: AsyncConnection | None, rooms: Iterable[str]
-    ) -> AsyncIterator[None]:
+    async def hold(self, connection: AsyncConnection, rooms: Iterable[str]) -> AsyncIterator[None]:
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
@@ -69,19 +65,15 @@ class AdvisoryLock:
     """
 
     @asynccontextmanager
-    async def hold(
-        self, connection: AsyncConnection | None, rooms: Iterable[str]
-    ) -> AsyncIterator[None]:
-        if connection is None:
-            raise ValueError("an advisory lock needs the writer's connection")
+    async def hold(self, connection: AsyncConnection, rooms: Iterable[str]) -> AsyncIterator[None]:
         keys = sorted({room_key(room) for room in rooms})
         for key in keys:
-            await connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            await connection.execute(select(func.pg_advisory_lock(key)))
         await connection.commit()
         try:
             yield
         finally:
-            await connection.execute(text("SELECT pg_advisory_unlock_all()"))
+            await connection.execute(select(func.pg_advisory_unlock_all()))
             await connection.commit()
 
 

@@ -11,8 +11,10 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
+
+from app.chat.hub import Hub
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -20,11 +22,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("chatroom.presence")
 
 Announce = Callable[[str, str, str], Awaitable[None]]  # ("join" | "leave", room, user)
-LocalMembers = Callable[[], Iterable[tuple[str, str]]]  # (room, user) pairs held here
 
 
 class Presence(Protocol):
-    async def start(self, local: LocalMembers, announce: Announce) -> None:
+    async def start(self, announce: Announce) -> None:
         """Keep this process's members alive; announce changes found on the way."""
 
     async def stop(self) -> None: ...
@@ -39,30 +40,25 @@ class Presence(Protocol):
 
 
 class MemoryPresence:
-    """One process: the service's own bookkeeping is the whole truth."""
+    """One process: the hub's count of sockets is the whole truth."""
 
-    def __init__(self) -> None:
-        self._rooms: dict[str, set[str]] = {}
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
 
-    async def start(self, local: LocalMembers, announce: Announce) -> None:
+    async def start(self, announce: Announce) -> None:
         pass
 
     async def stop(self) -> None:
         pass
 
     async def join(self, room: str, user: str) -> bool:
-        self._rooms.setdefault(room, set()).add(user)
         return True
 
     async def leave(self, room: str, user: str) -> bool:
-        members = self._rooms.get(room, set())
-        members.discard(user)
-        if not members:
-            self._rooms.pop(room, None)
         return True
 
     async def online(self, room: str) -> list[str]:
-        return sorted(self._rooms.get(room, ()))
+        return self._hub.users(room)
 
 
 # A room's presence is a sorted set of "user|worker" members scored by the time they expire.
@@ -112,8 +108,11 @@ return gone
 class RedisPresence:
     """Presence shared through Redis; entries of a dead worker expire after ttl seconds."""
 
-    def __init__(self, redis: Redis, *, ttl_seconds: float, prefix: str = "chatroom:") -> None:
+    def __init__(
+        self, redis: Redis, hub: Hub, *, ttl_seconds: float, prefix: str = "chatroom:"
+    ) -> None:
         self._redis = redis
+        self._hub = hub
         self._ttl = ttl_seconds
         self._prefix = prefix
         self._worker = uuid.uuid4().hex
@@ -125,8 +124,8 @@ class RedisPresence:
     def _key(self, room: str) -> str:
         return f"{self._prefix}presence:{room}"
 
-    async def start(self, local: LocalMembers, announce: Announce) -> None:
-        self._task = asyncio.create_task(self._renew(local, announce), name="chatroom-presence")
+    async def start(self, announce: Announce) -> None:
+        self._task = asyncio.create_task(self._renew(announce), name="chatroom-presence")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -160,16 +159,16 @@ class RedisPresence:
         members = await self._redis.zrangebyscore(self._key(room), f"({time.time()}", "+inf")
         return sorted({str(member).rsplit("|", 1)[0] for member in members})
 
-    async def _renew(self, local: LocalMembers, announce: Announce) -> None:
+    async def _renew(self, announce: Announce) -> None:
         while True:
             await asyncio.sleep(self._ttl / 3)
             try:
-                await self._renew_once(local, announce)
+                await self._renew_once(announce)
             except Exception as exc:  # Redis away: try again next round
                 logger.warning("presence renewal failed: %s", exc)
 
-    async def _renew_once(self, local: LocalMembers, announce: Announce) -> None:
-        members = list(local())
+    async def _renew_once(self, announce: Announce) -> None:
+        members = self._hub.members()
         for room in {room for room, _ in members}:
             for user in await self._sweep(keys=[self._key(room)], args=[time.time()]):
                 await announce("leave", room, str(user))
@@ -179,10 +178,10 @@ class RedisPresence:
                 await announce("join", room, user)
 
 
-def create_presence(broker_url: str, *, ttl_seconds: float) -> Presence:
+def create_presence(broker_url: str, hub: Hub, *, ttl_seconds: float) -> Presence:
     """Memory presence with the memory broker; shared presence with a Redis broker."""
     if broker_url.startswith("memory:"):
-        return MemoryPresence()
+        return MemoryPresence(hub)
     from app.chat.broker import redis_client
 
-    return RedisPresence(redis_client(broker_url), ttl_seconds=ttl_seconds)
+    return RedisPresence(redis_client(broker_url), hub, ttl_seconds=ttl_seconds)

@@ -7,6 +7,7 @@ receiver.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -115,7 +116,7 @@ def message_payload(message: StoredMessage) -> dict[str, Any]:
     return payload
 
 
-def encode(payload: dict[str, Any]) -> str:
+def encode(payload: Any) -> str:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -123,14 +124,17 @@ def welcome_frame(*, user: str, room: str, online: list[str]) -> str:
     return encode({"type": "welcome", "user": user, "room": room, "online": online})
 
 
-def history_frame(*, room: str, messages: list[StoredMessage], has_more: bool) -> str:
-    return encode(
-        {
-            "type": "history",
-            "room": room,
-            "messages": [message_payload(message) for message in messages],
-            "has_more": has_more,
-        }
+def message_frame(message: StoredMessage) -> str:
+    """The `message` frame of a stored message: encoded once, sent to every receiver."""
+    return encode(message_payload(message))
+
+
+def history_frame(room: str, messages: Sequence[str], has_more: bool) -> str:
+    """The `history` frame around already encoded message frames (kept so by the replay
+    cache), joined as they are rather than decoded and encoded again."""
+    return (
+        f'{{"type":"history","room":{encode(room)},"messages":[{",".join(messages)}],'
+        f'"has_more":{encode(has_more)}}}'
     )
 
 

@@ -16,6 +16,12 @@ class TokenBucket:
         self._tokens = self._burst
         self._stamp = time.monotonic()
 
+    def full(self) -> bool:
+        """True when the bucket has refilled: forgetting it now changes nothing."""
+        if self._rate <= 0:
+            return True
+        return self._tokens + (time.monotonic() - self._stamp) * self._rate >= self._burst
+
     def take(self) -> float:
         """Spend one token: 0.0 when allowed, else the seconds until one is available."""
         if self._rate <= 0:

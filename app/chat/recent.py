@@ -9,14 +9,13 @@ messages the broker delivers, and its history frame is encoded once per change.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.chat.hub import Frame
-from app.chat.protocol import encode, message_payload
+from app.chat.protocol import history_frame, message_frame
 from app.chat.store import history_page
 
 MAX_ROOMS = 1024  # rooms kept; beyond it the least recently joined is dropped
@@ -47,11 +46,8 @@ class RecentHistory:
             self._rooms.move_to_end(room)
             await asyncio.shield(entry.ready)
         if entry.frame is None:
-            messages = ",".join(text for _, text in entry.messages)
-            entry.frame = (
-                f'{{"type":"history","room":{json.dumps(room)},"messages":[{messages}],'
-                f'"has_more":{"true" if entry.has_more else "false"}}}'
-            )
+            texts = [text for _, text in entry.messages]
+            entry.frame = history_frame(room, texts, entry.has_more)
         last_id = entry.messages[-1][0] if entry.messages else 0
         return entry.frame, last_id
 
@@ -87,9 +83,7 @@ class RecentHistory:
             entry.ready.set_exception(exc)
             entry.ready.exception()  # retrieved: other joins re-raise it themselves
             raise
-        entry.messages = deque(
-            ((m.id, encode(message_payload(m))) for m in messages), maxlen=self._limit
-        )
+        entry.messages = deque(((m.id, message_frame(m)) for m in messages), maxlen=self._limit)
         arrived, entry.arrived = entry.arrived or [], None
         for message_id, text in arrived:
             self._append(entry, message_id, text)

@@ -1,42 +1,89 @@
-"""Persistence of chat messages: history reads, and a writer that batches inserts.
+"""Persistence of chat messages: history reads, and the one writer, which batches inserts.
 
-Concurrent senders' messages are written by one task, many per transaction, and each sender
-is answered only after the commit that holds its message. Nothing here knows of sockets: the
-writer hands committed messages, in id order, to the on_commit callback it was given.
+Concurrent senders' messages are written by one task, many per transaction, through
+SQLAlchemy on the async engine (aiosqlite or asyncpg). Each sender is answered only after
+the commit that holds its message, and committed messages are published, in id order, to the
+broker: stored before anyone sees them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 
-from sqlalchemy import bindparam, insert, select
-from sqlalchemy.engine import Connection
+from sqlalchemy import func, insert, select, tuple_
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.chat.batches import Key, Pending, Stored, StoredMessage, new_rows, outcomes, resend_keys
-from app.chat.ordering import LocalOnly, RoomLock
-from app.chat.sqlite_writer import SqliteWriter
+from app.chat.broker import Broker
+from app.chat.hub import Frame
+from app.chat.ordering import RoomLock
+from app.chat.protocol import message_frame
 from app.core.db import IMMEDIATE
 from app.core.models import Message, utcnow
-
-__all__ = ["MessageWriter", "Stored", "StoredMessage", "StoreFailed", "history_page"]
 
 logger = logging.getLogger("chatroom.store")
 
 MAX_BATCH = 512  # messages per transaction; bounds the latency one commit adds
-WRITE_TIMEOUT_SECONDS = 10.0  # a batch insert (PostgreSQL) taking longer is abandoned
+WRITE_TIMEOUT_SECONDS = 10.0  # a batch taking longer is abandoned: store_failed
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A stored message as the chat passes it around (ORM instances cost far more to make)."""
+
+    id: int
+    room: str
+    author: str
+    body: str
+    created_at: datetime
+    client_msg_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """The outcome of a send.
+
+    duplicate: an earlier send with its client_msg_id stored it; published: the broker took
+    it (when not, no one else was sent it, and readers catch up from the database).
+    """
+
+    message: StoredMessage
+    duplicate: bool = False
+    published: bool = True
 
 
 class StoreFailed(Exception):
     """The message could not be stored; it was not broadcast either."""
 
 
-OnCommit = Callable[[Sequence[StoredMessage]], Awaitable[None]]
-_COLUMNS = [getattr(Message, name) for name in StoredMessage.__dataclass_fields__]
+@dataclass(slots=True)
+class _Pending:
+    room: str
+    author: str
+    body: str
+    client_msg_id: str | None
+    future: asyncio.Future[Stored] = field(repr=False)
+
+    @property
+    def key(self) -> ResendKey | None:
+        """Under which a resend of this message is found; None when it has no client id."""
+        if self.client_msg_id is None:
+            return None
+        return (self.author, self.room, self.client_msg_id)
+
+
+_COLUMNS = (
+    Message.id,
+    Message.room,
+    Message.author,
+    Message.body,
+    Message.created_at,
+    Message.client_msg_id,
+)
 
 
 async def history_page(
@@ -68,22 +115,52 @@ async def history_page(
     return rows, has_more
 
 
+@dataclass(frozen=True, slots=True)
+class RoomActivity:
+    room: str
+    last_message_id: int
+    last_message_at: datetime
+    last_user: str
+
+
+async def recent_rooms(
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    limit: int,
+    only: Collection[str] | None = None,
+) -> list[RoomActivity]:
+    """Up to limit rooms ordered by their newest message, newest first; only these, if given.
+
+    Message ids grow with time, so the room's largest id is its latest message; the
+    (room, id) index answers the grouping without reading the messages table.
+    """
+    latest = select(Message.room, func.max(Message.id).label("last_id")).group_by(Message.room)
+    if only is not None:
+        if not only:
+            return []
+        latest = latest.where(Message.room.in_(sorted(only)))
+    newest = latest.order_by(func.max(Message.id).desc()).limit(limit).subquery()
+    query = (
+        select(Message.room, Message.id, Message.created_at, Message.author)
+        .join(newest, Message.id == newest.c.last_id)
+        .order_by(Message.id.desc())
+    )
+    async with sessions() as session:
+        rows = (await session.execute(query)).all()
+    return [RoomActivity(*row) for row in rows]
+
+
 class MessageWriter:
     """The single writer of messages in this process."""
 
-    def __init__(
-        self, engine: AsyncEngine, on_commit: OnCommit, room_lock: RoomLock | None = None
-    ) -> None:
+    def __init__(self, engine: AsyncEngine, broker: Broker, room_lock: RoomLock) -> None:
         self._engine = engine
-        self._on_commit = on_commit
-        self._room_lock = room_lock or LocalOnly()
-        # SQLite: straight through sqlite3, on the loop or in a thread (sqlite_writer.py).
-        self._sqlite = SqliteWriter(str(engine.url)) if engine.dialect.name == "sqlite" else None
-        self._queue: asyncio.Queue[Pending | None] = asyncio.Queue()
+        self._broker = broker
+        self._room_lock = room_lock
+        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        # Held for the writer's life: a pool checkout and reset per batch cost more than
-        # the insert itself.
+        # Held for the writer's life: a pool checkout per batch costs more than a small insert.
         self._connection: AsyncConnection | None = None
 
     def start(self) -> None:
@@ -96,25 +173,22 @@ class MessageWriter:
             await self._queue.put(None)
             await self._task
             self._task = None
-        if self._connection is not None:
-            await self._connection.close()
-            self._connection = None
-        if self._sqlite is not None:
-            await self._sqlite.close()
+        await self._disconnect(invalidate=False)
 
     def submit(
         self, *, room: str, author: str, body: str, client_msg_id: str | None = None
     ) -> asyncio.Future[Stored]:
-        """Queue one message; the future resolves once it is committed and handed on.
+        """Queue one message; the future resolves once it is committed and published.
 
         Messages are written in submission order, so one sender's messages keep their order.
-        A client_msg_id the author used before resolves to the message stored then.
+        A client_msg_id the author used before in this room resolves to the message stored
+        then.
         """
         future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
         if self._closing or self._task is None:
             future.set_exception(StoreFailed("the server is shutting down"))
         else:
-            self._queue.put_nowait(Pending(room, author, body, client_msg_id, future))
+            self._queue.put_nowait(_Pending(room, author, body, client_msg_id, future))
         return future
 
     async def _run(self) -> None:
@@ -131,25 +205,21 @@ class MessageWriter:
                 batch.append(item)
             await self._write(batch)
 
-    async def _write(self, batch: list[Pending]) -> None:
-        rooms = {p.room for p in batch}
+    async def _write(self, batch: list[_Pending]) -> None:
         try:
-            if self._sqlite is not None:
-                async with self._room_lock.hold(None, rooms):
-                    results = await self._sqlite.insert(batch)
-                    await self._publish([r.message for r in results if not r.duplicate])
-            else:
-                connection = await self._connect()
-                async with self._room_lock.hold(connection, rooms):
-                    # A writer must never hang: a statement that has not returned by then
-                    # fails the batch (store_failed), and the connection is replaced.
-                    results = await asyncio.wait_for(
-                        connection.run_sync(_insert, batch), WRITE_TIMEOUT_SECONDS
-                    )
-                    await self._publish([r.message for r in results if not r.duplicate])
+            if self._connection is None:
+                connection = await self._engine.connect()
+                self._connection = await connection.execution_options(**IMMEDIATE)
+            async with self._room_lock.hold(self._connection, {p.room for p in batch}):
+                # A writer must never hang: a batch that has not committed by then fails
+                # (store_failed), and the connection is replaced.
+                results = await asyncio.wait_for(
+                    _insert(self._connection, batch), WRITE_TIMEOUT_SECONDS
+                )
+                published = await self._publish([r.message for r in results if not r.duplicate])
         except Exception as exc:
-            await self._disconnect()
-            if len(batch) > 1 and not isinstance(exc, OperationalError | sqlite3.OperationalError):
+            await self._disconnect(invalidate=True)
+            if len(batch) > 1 and not isinstance(exc, OperationalError):
                 # Not the database as a whole (locked, read-only, full) but something in one
                 # message: write them one by one so the others keep theirs.
                 logger.warning("a batch of %d failed (%s); retrying singly", len(batch), exc)
@@ -163,40 +233,49 @@ class MessageWriter:
             return
         for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
-                pending.future.set_result(result)
+                pending.future.set_result(result if published else _unpublished(result))
 
-    async def _connect(self) -> AsyncConnection:
-        if self._connection is None:
-            connection = await self._engine.connect()
-            self._connection = await connection.execution_options(**IMMEDIATE)
-        return self._connection
-
-    async def _disconnect(self) -> None:
-        """Drop the connection after a failure; the next batch opens a fresh one."""
-        if self._connection is not None:
-            connection, self._connection = self._connection, None
-            try:
-                await connection.invalidate()
-                await connection.close()
-            except Exception:
-                logger.debug("closing a failed writer connection failed", exc_info=True)
-
-    async def _publish(self, messages: list[StoredMessage]) -> None:
+    async def _publish(self, messages: list[StoredMessage]) -> bool:
         try:
-            await self._on_commit(messages)
+            await self._broker.publish_many(
+                [(m.room, Frame(message_frame(m), m.id)) for m in messages]
+            )
         except Exception:
             # Stored but not fanned out (the broker is down): workers re-read what they
             # missed when it comes back, and clients can always resume with `since`.
             logger.exception("publishing %d stored message(s) failed", len(messages))
+            return False
+        return True
+
+    async def _disconnect(self, *, invalidate: bool) -> None:
+        """Drop the connection (after a failure: invalidated); the next batch opens one."""
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            try:
+                if invalidate:
+                    await connection.invalidate()
+                await connection.close()
+            except Exception:
+                logger.debug("closing the writer's connection failed", exc_info=True)
 
 
-def _insert(connection: Connection, batch: list[Pending]) -> list[Stored]:
+def _unpublished(result: Stored) -> Stored:
+    return Stored(result.message, result.duplicate, published=False)
+
+
+async def _insert(connection: AsyncConnection, batch: list[_Pending]) -> list[Stored]:
     """Store batch in one transaction; resends resolve to the messages stored before."""
     now = utcnow()
-    with connection.begin():
+    async with connection.begin():
         # Inside the write transaction, so no other writer can slip a resend in.
-        known = _stored_resends(connection, batch)
-        rows = new_rows(batch, known)
+        known = await _stored_resends(connection, batch)
+        claimed = set(known)
+        fresh = []  # per message of batch: to insert (else a resend of an earlier one)
+        for pending in batch:
+            fresh.append(pending.key is None or pending.key not in claimed)
+            if pending.key is not None:
+                claimed.add(pending.key)
+        rows = [p for p, new in zip(batch, fresh, strict=True) if new]
         ids: Sequence[int] = []
         if rows:
             statement = insert(Message).returning(Message.id, sort_by_parameter_order=True)
@@ -210,22 +289,40 @@ def _insert(connection: Connection, batch: list[Pending]) -> list[Stored]:
                 }
                 for p in rows
             ]
-            ids = connection.execute(statement, values).scalars().all()
-    return outcomes(batch, rows, ids, known, now)
+            ids = (await connection.execute(statement, values)).scalars().all()
+    new_ids = iter(ids)
+    results = []
+    for pending, new in zip(batch, fresh, strict=True):
+        key = pending.key
+        if new:
+            message = StoredMessage(
+                next(new_ids),
+                pending.room,
+                pending.author,
+                pending.body,
+                now,
+                pending.client_msg_id,
+            )
+            if key is not None:
+                known[key] = message
+            results.append(Stored(message))
+        elif key is not None:  # always, for a resend
+            results.append(Stored(known[key], duplicate=True))
+    return results
 
 
-# Built once: constructing a select costs more than running it, at one batch per message.
-_RESENDS = select(*_COLUMNS).where(
-    Message.author.in_(bindparam("authors", expanding=True)),
-    Message.client_msg_id.in_(bindparam("cids", expanding=True)),
-)
+ResendKey = tuple[str, str, str]  # (author, room, client_msg_id)
 
 
-def _stored_resends(connection: Connection, batch: list[Pending]) -> dict[Key, StoredMessage]:
-    """Messages already stored under the batch's (author, client_msg_id) pairs."""
-    keys = resend_keys(batch)
+async def _stored_resends(
+    connection: AsyncConnection, batch: list[_Pending]
+) -> dict[ResendKey, StoredMessage]:
+    """Messages already stored under the batch's (author, room, client_msg_id) keys."""
+    keys = {p.key for p in batch if p.key is not None}
     if not keys:
         return {}
-    parameters = {"authors": list({a for a, _ in keys}), "cids": list({c for _, c in keys})}
-    rows = (StoredMessage(*row) for row in connection.execute(_RESENDS, parameters))
-    return {(m.author, m.client_msg_id): m for m in rows if (m.author, m.client_msg_id) in keys}
+    query = select(*_COLUMNS).where(
+        tuple_(Message.author, Message.room, Message.client_msg_id).in_(sorted(keys))
+    )
+    rows = (StoredMessage(*row) for row in await connection.execute(query))
+    return {(m.author, m.room, m.client_msg_id or ""): m for m in rows}

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -30,19 +29,6 @@ def create_engine(url: str) -> AsyncEngine:
     )
     if sqlite:
         configure_sqlite(engine.sync_engine)
-    return engine
-
-
-def create_sqlite_writer_engine(url: str) -> Engine:
-    """A synchronous engine on the same SQLite file, for the message writer.
-
-    Through aiosqlite every statement of a transaction is a hop to a thread and back; the
-    writer (app/chat/sqlite_writer.py) holds two plain connections instead, one for the
-    event loop and one for its thread.
-    """
-    sync_url = make_url(url).set(drivername="sqlite")
-    engine = sa_create_engine(sync_url, pool_size=2, max_overflow=0)
-    configure_sqlite(engine)
     return engine
 
 

@@ -68,8 +68,11 @@ class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
         Index("ix_messages_room_id", "room", "id"),
-        # A client's resend of a message it already sent (same id) must not store it twice.
-        UniqueConstraint("author", "client_msg_id"),
+        # A client's resend of a message it already sent to this room (same id) must not
+        # store it twice; the same id in another room is another message.
+        UniqueConstraint(
+            "author", "room", "client_msg_id", name="uq_messages_author_room_client_msg_id"
+        ),
         {"sqlite_autoincrement": True},
     )
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from app.api.deps import CurrentIdentity, ServicesDep
 from app.chat.protocol import iso_utc
-from app.chat.rooms import recent_rooms
+from app.chat.store import recent_rooms
 
 router = APIRouter()
 

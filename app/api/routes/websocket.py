@@ -33,7 +33,6 @@ async def room_socket(
     await websocket.accept()
     await services.chat.serve(
         websocket,
-        websocket._send,  # until fan-out goes through a sender task
         user=identity.username,
         room=item_id,
         since=since,
