@@ -49,6 +49,13 @@ async def send_texts(websocket: WebSocket, texts: Sequence[str]) -> None:
         await websocket.send_text(text)
 
 
+def write_now(websocket: WebSocket, texts: Sequence[str]) -> bool:
+    """Write texts in one write if the socket takes it without waiting; False otherwise
+    (another server, a full buffer, a closing socket): the caller then queues them."""
+    write = prepared_writer(websocket.scope)
+    return write is not None and write(b"".join(prepared_frame(text) for text in texts))
+
+
 @functools.lru_cache(maxsize=PREPARED_CACHE_FRAMES)
 def prepared_frame(text: str) -> bytes:
     """text as one complete, unmasked WebSocket text frame, ready for any socket.

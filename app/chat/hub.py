@@ -1,9 +1,10 @@
 """Rooms of this process: which connections are in which room, and fan-out to them.
 
 The broadcaster pattern, bounded: each connection has an asyncio.Queue of frames and a task
-that drains it into the socket. Fan-out only puts frames on queues, so it never waits for a
-socket; a connection whose queue (or its byte total) is over its limit is closed with 1013,
-and its failing affects no one else.
+that drains it into the socket. Fan-out never waits for a socket; a connection whose queue
+(or its byte total) is over its limit is closed with 1013, and its failing affects no one
+else. When nothing is queued and the socket takes the frame without waiting (the usual
+case), fan-out writes it at once instead of waking the sender (wire.write_now).
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from starlette.status import WS_1013_TRY_AGAIN_LATER
 from starlette.websockets import WebSocket
 
-from app.wire import send_texts
+from app.wire import send_texts, write_now
 
 logger = logging.getLogger("chatroom.hub")
 
@@ -41,6 +43,8 @@ class Connection:
         # Highest message id queued for this socket: a repeat of one is dropped.
         self._last_message_id = 0
         self._skip_through = 0  # chat messages up to this id were in the replay
+        self._websocket: WebSocket | None = None  # set by start()
+        self._sending = False  # the sender holds frames it has not finished writing
         self._sender: asyncio.Task[None] | None = None
         self.close_code: int | None = None  # set by abort(): the close frame to send
         self.close_reason = ""
@@ -49,19 +53,35 @@ class Connection:
     def last_message_id(self) -> int:
         return self._last_message_id
 
-    def offer(self, frame: Frame) -> bool:
-        """Queue frame; False when that puts the outbox over its limits."""
+    def offer(self, frames: Sequence[Frame]) -> bool:
+        """Send or queue frames, in order; False when that puts the outbox over its limits.
+
+        A chat message at or below the last one given is a repeat (a replay after a broker
+        outage overlaps what was delivered) and is dropped.
+        """
         if self.close_code is not None:
             return True
-        if frame.message_id is not None:
-            if frame.message_id <= self._last_message_id:
-                return True  # a replay after a broker outage overlaps what was delivered
-            self._last_message_id = frame.message_id
-        try:
-            self._outbox.put_nowait(frame)
-        except asyncio.QueueFull:
-            return False
-        self._outbox_bytes += len(frame.text)
+        fresh = []
+        for frame in frames:
+            if frame.message_id is not None:
+                if frame.message_id <= self._last_message_id:
+                    continue
+                self._last_message_id = frame.message_id
+            fresh.append(frame)
+        websocket = self._websocket
+        if not fresh or (
+            websocket is not None
+            and not self._sending
+            and self._outbox.empty()
+            and write_now(websocket, [frame.text for frame in fresh])
+        ):
+            return True  # nothing waits before them, and the socket took them at once
+        for frame in fresh:
+            try:
+                self._outbox.put_nowait(frame)
+            except asyncio.QueueFull:
+                return False
+            self._outbox_bytes += len(frame.text)
         return not self._max_bytes or self._outbox_bytes <= self._max_bytes
 
     def start(self, websocket: WebSocket, *, skip_through: int) -> asyncio.Task[None]:
@@ -70,6 +90,8 @@ class Connection:
         self._skip_through = skip_through
         self._last_message_id = max(self._last_message_id, skip_through)
         self._sender = asyncio.create_task(self._send(websocket))
+        if self._outbox.empty():
+            self._websocket = websocket
         return self._sender
 
     def abort(self, code: int, reason: str) -> None:
@@ -87,10 +109,13 @@ class Connection:
                 frames.append(outbox.get_nowait())
             self._outbox_bytes -= sum(len(frame.text) for frame in frames)
             skip = self._skip_through
+            self._sending = True
             await send_texts(
                 websocket,
                 [f.text for f in frames if f.message_id is None or f.message_id > skip],
             )
+            self._sending = False
+            self._websocket = websocket  # from now on offer() may write at once
 
 
 class Hub:
@@ -145,9 +170,10 @@ class Hub:
         points = [c.last_message_id for c in self._rooms.get(room, ())]
         return min(points) if points else None
 
-    def deliver(self, room: str, frame: Frame) -> None:
-        """Queue frame for every connection of room; overflowing ones are closed with 1013."""
-        for connection in list(self._rooms.get(room, ())):
-            if not connection.offer(frame):
+    def deliver(self, room: str, frames: Sequence[Frame]) -> None:
+        """Give frames to every connection of room (one write each, where the socket takes
+        it at once); overflowing ones are closed with 1013."""
+        for connection in self._rooms.get(room, ()):
+            if not connection.offer(frames):
                 logger.info("closing slow connection of %s in %s", connection.user, room)
                 connection.abort(WS_1013_TRY_AGAIN_LATER, "send buffer full")

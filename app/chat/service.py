@@ -115,12 +115,18 @@ class ChatService:
 
     def deliver(self, frames: Sequence[tuple[str, Frame]]) -> None:
         """Every frame the broker brings, in order: keep the replays current, fan out."""
+        by_room: dict[str, list[Frame]] = {}  # a room's frames go to each socket together
         for room, frame in frames:
             if room == REVOCATIONS:
+                for room_, of_room in by_room.items():  # what came before it, first
+                    self.hub.deliver(room_, of_room)
+                by_room = {}
                 self._revoked(frame.text)
                 continue
             self.recent.note(room, frame)
-            self.hub.deliver(room, frame)
+            by_room.setdefault(room, []).append(frame)
+        for room, of_room in by_room.items():
+            self.hub.deliver(room, of_room)
 
     async def _catch_up(self) -> None:
         """After a broker outage: hand each local room what was stored meanwhile."""
@@ -136,8 +142,7 @@ class ChatService:
                 logger.warning(
                     "%s: more than %d missed; clients resume with since", room, len(messages)
                 )
-            for message in messages:
-                self.hub.deliver(room, Frame(message_frame(message), message.id))
+            self.hub.deliver(room, [Frame(message_frame(m), m.id) for m in messages])
 
     async def _announce(self, kind: str, room: str, user: str) -> None:
         try:
@@ -296,25 +301,18 @@ class ChatService:
         """Parse, rate-limit and submit one frame; refusals are answered on the socket."""
         settings = self.settings
         if text is None:
-            connection.offer(
-                Frame(error_frame("binary_unsupported", "send text frames, not binary"))
-            )
+            _tell(connection, error_frame("binary_unsupported", "send text frames, not binary"))
             return None
         try:
             message = parse_client_frame(text, max_chars=settings.max_message_chars)
         except FrameError as exc:
-            connection.offer(Frame(error_frame(exc.code, exc.detail, exc.client_msg_id)))
+            _tell(connection, error_frame(exc.code, exc.detail, exc.client_msg_id))
             return None
         wait = bucket.take()
         if wait:
             detail = f"too many messages: at most {settings.rate_limit:g} a second"
-            connection.offer(
-                Frame(
-                    error_frame(
-                        "rate_limited", detail, message.client_msg_id, retry_after=round(wait, 3)
-                    )
-                )
-            )
+            cid = message.client_msg_id
+            _tell(connection, error_frame("rate_limited", detail, cid, retry_after=round(wait, 3)))
             return None
         future = self.writer.submit(
             room=connection.room,
@@ -322,20 +320,33 @@ class ChatService:
             body=message.body,
             client_msg_id=message.client_msg_id,
         )
-        future.add_done_callback(lambda f: _answer_sender(f, connection, message.client_msg_id))
+        future.add_done_callback(
+            lambda f: self._answer_sender(f, connection, message.client_msg_id)
+        )
         return future
 
+    def _answer_sender(
+        self, future: asyncio.Future[Stored], connection: Connection, cid: str | None
+    ) -> None:
+        """Tell the sender what became of its message when the broadcast does not."""
+        if future.cancelled():
+            return
+        if isinstance(future.exception(), StoreFailed):
+            detail = "the message could not be stored; send it again"
+            _tell(connection, error_frame("store_failed", detail, cid))
+            return
+        stored = future.result()
+        if stored.duplicate:
+            # A resend: answer with the stored message, to the sender alone. No message_id, so
+            # the replay de-duplication does not drop it.
+            _tell(connection, message_frame(stored.message))
+        elif not stored.published:
+            # The broker refused it: no one else got it (they catch up from the database), and
+            # the room's replay cache missed it.
+            self.recent.forget({connection.room})
+            _tell(connection, message_frame(stored.message))
 
-def _answer_sender(future: asyncio.Future[Stored], connection: Connection, cid: str | None) -> None:
-    """Tell the sender what became of its message when the broadcast does not."""
-    if future.cancelled():
-        return
-    if isinstance(future.exception(), StoreFailed):
-        detail = "the message could not be stored; send it again"
-        connection.offer(Frame(error_frame("store_failed", detail, cid)))
-        return
-    stored = future.result()
-    if stored.duplicate:
-        # A resend: answer with the stored message, to the sender alone. No message_id, so
-        # the replay de-duplication does not drop it.
-        connection.offer(Frame(message_frame(stored.message)))
+
+def _tell(connection: Connection, text: str) -> None:
+    """A frame for this one socket, in order with its broadcasts."""
+    connection.offer([Frame(text)])

@@ -16,7 +16,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, orm_insert_sentinel
 
 # Named constraints let Alembic alter them later (SQLite batch mode needs the names).
 NAMING_CONVENTION = {
@@ -84,3 +84,7 @@ class Message(Base):
     body: Mapped[str] = mapped_column(Text)
     client_msg_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Lets one INSERT of a whole batch hand back its ids in the batch's order (SQLAlchemy's
+    # insert sentinel): SQLite does not promise RETURNING's order, and without it
+    # SQLAlchemy inserts a batch one row at a time.
+    _sentinel: Mapped[int | None] = orm_insert_sentinel()
