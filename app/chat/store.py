@@ -213,9 +213,8 @@ class MessageWriter:
             async with self._room_lock.hold(self._connection, {p.room for p in batch}):
                 # A writer must never hang: a batch that has not committed by then fails
                 # (store_failed), and the connection is replaced.
-                results = await asyncio.wait_for(
-                    _insert(self._connection, batch), WRITE_TIMEOUT_SECONDS
-                )
+                async with asyncio.timeout(WRITE_TIMEOUT_SECONDS):
+                    results = await _insert(self._connection, batch)
                 published = await self._publish([r.message for r in results if not r.duplicate])
         except Exception as exc:
             await self._disconnect(invalidate=True)
