@@ -44,7 +44,9 @@ class ClientSpec:
 class Plan:
     """What one worker process runs."""
 
-    protocol: str  # "chatroom" or "tutorial": how to tell that a client has joined
+    # "chatroom", "tutorial", or "depends"/"bare" (joined once open): how to tell that a
+    # client has joined
+    protocol: str
     clients: list[ClientSpec]
     window: int = 4  # closed loop: a sender's unacknowledged messages at most
     rate: float = 0.0  # open loop: messages/s per sender (0: closed loop)
@@ -88,6 +90,9 @@ class Client(WSListener):
             max_frame_size=2**31,
         )
         self.opened = True
+        if self.worker.plan.protocol in ("depends", "bare"):  # they send nothing on join
+            self.joined_at = time.monotonic()
+            self.joined.set()
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if frame.msg_type is WSMsgType.TEXT:

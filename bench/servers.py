@@ -52,7 +52,7 @@ class ServerSpec:
     or the tutorial baseline, with uvicorn's ws/http/loop choices ("auto" = uvicorn's), and
     for chatroom the worker count (`serve --workers N`), broker URL and database engine."""
 
-    kind: str  # "chatroom" | "tutorial"
+    kind: str  # "chatroom" | "tutorial" | "depends" | "bare" (both bench/depends_server.py)
     ws: str = "auto"
     http: str = "auto"
     loop: str = "auto"
@@ -166,6 +166,10 @@ class Server:
     def ws_url(self, room: str, client_id: int, user: str) -> str:
         if self.spec.kind == "chatroom":
             return f"ws://127.0.0.1:{self.port}/items/{room}/ws?token={self.tokens[user]}"
+        if self.spec.kind == "depends":
+            return f"ws://127.0.0.1:{self.port}/items/{room or 'storm'}/ws?token={user}"
+        if self.spec.kind == "bare":
+            return f"ws://127.0.0.1:{self.port}/bare/ws"
         if room == "":
             return f"ws://127.0.0.1:{self.port}/ws/{client_id}"
         return f"ws://127.0.0.1:{self.port}/rooms/{room}/ws/{client_id}"
@@ -364,6 +368,8 @@ def _start(
         if spec.workers != 1:
             raise ValueError("bench/serve_chatroom.py runs one worker")
         command = [sys.executable, str(BENCH_DIR / "serve_chatroom.py"), "--port", str(port)]
+    elif spec.kind in ("depends", "bare"):
+        command = [sys.executable, str(BENCH_DIR / "depends_server.py"), "--port", str(port)]
     else:
         command = [sys.executable, str(BENCH_DIR / "tutorial_server.py"), "--port", str(port)]
     if not spec.default_uvicorn:
