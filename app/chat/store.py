@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import func, insert, select, tuple_
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.chat.broker import Broker
 from app.chat.hub import Frame
 from app.chat.ordering import RoomLock
 from app.chat.protocol import message_frame
-from app.core.db import IMMEDIATE
+from app.core.db import AUTOCOMMIT
 from app.core.models import Message, utcnow
 
 logger = logging.getLogger("chatroom.store")
@@ -209,7 +209,7 @@ class MessageWriter:
         try:
             if self._connection is None:
                 connection = await self._engine.connect()
-                self._connection = await connection.execution_options(**IMMEDIATE)
+                self._connection = await connection.execution_options(**AUTOCOMMIT)
             async with self._room_lock.hold(self._connection, {p.room for p in batch}):
                 # A writer must never hang: a batch that has not committed by then fails
                 # (store_failed), and the connection is replaced.
@@ -263,51 +263,59 @@ def _unpublished(result: Stored) -> Stored:
 
 
 async def _insert(connection: AsyncConnection, batch: list[_Pending]) -> list[Stored]:
-    """Store batch in one transaction; resends resolve to the messages stored before."""
+    """Store batch as one INSERT: one statement, so one transaction, all or nothing.
+
+    Resends resolve to the messages stored before: a later one in the batch to the first,
+    and one stored by an earlier batch through the unique (author, room, client_msg_id),
+    which refuses the INSERT, after which those are looked up and the rest inserted.
+    """
     now = utcnow()
-    async with connection.begin():
-        # Inside the write transaction, so no other writer can slip a resend in.
-        known = await _stored_resends(connection, batch)
-        claimed = set(known)
-        fresh = []  # per message of batch: to insert (else a resend of an earlier one)
-        for pending in batch:
-            fresh.append(pending.key is None or pending.key not in claimed)
-            if pending.key is not None:
-                claimed.add(pending.key)
-        rows = [p for p, new in zip(batch, fresh, strict=True) if new]
-        ids: Sequence[int] = []
-        if rows:
-            statement = insert(Message).returning(Message.id, sort_by_parameter_order=True)
-            values = [
-                {
-                    "room": p.room,
-                    "author": p.author,
-                    "body": p.body,
-                    "client_msg_id": p.client_msg_id,
-                    "created_at": now,
-                }
-                for p in rows
-            ]
-            ids = (await connection.execute(statement, values)).scalars().all()
-    new_ids = iter(ids)
+    first: dict[ResendKey, _Pending] = {}  # the batch's first message under each key
+    rows = [p for p in batch if p.key is None or first.setdefault(p.key, p) is p]
+    known: dict[ResendKey, StoredMessage] = {}
+    try:
+        ids = await _insert_rows(connection, rows, now)
+    except IntegrityError:
+        known = await _stored_resends(connection, rows)
+        if not known:
+            raise  # not a resend: something in one of the messages (see _write)
+        rows = [p for p in rows if p.key is None or p.key not in known]
+        ids = await _insert_rows(connection, rows, now)
+    inserted = {
+        id(p): StoredMessage(id_, p.room, p.author, p.body, now, p.client_msg_id)
+        for id_, p in zip(ids, rows, strict=True)
+    }
+    for key, pending in first.items():
+        if id(pending) in inserted:
+            known[key] = inserted[id(pending)]
     results = []
-    for pending, new in zip(batch, fresh, strict=True):
-        key = pending.key
-        if new:
-            message = StoredMessage(
-                next(new_ids),
-                pending.room,
-                pending.author,
-                pending.body,
-                now,
-                pending.client_msg_id,
-            )
-            if key is not None:
-                known[key] = message
+    for pending in batch:
+        message = inserted.get(id(pending))
+        if message is not None:
             results.append(Stored(message))
-        elif key is not None:  # always, for a resend
-            results.append(Stored(known[key], duplicate=True))
+        elif pending.key is not None:  # always, for one not inserted
+            results.append(Stored(known[pending.key], duplicate=True))
     return results
+
+
+async def _insert_rows(
+    connection: AsyncConnection, rows: list[_Pending], now: datetime
+) -> Sequence[int]:
+    """INSERT ... RETURNING the ids, in the order of rows (the insert sentinel's doing)."""
+    if not rows:
+        return []
+    statement = insert(Message).returning(Message.id, sort_by_parameter_order=True)
+    values = [
+        {
+            "room": p.room,
+            "author": p.author,
+            "body": p.body,
+            "client_msg_id": p.client_msg_id,
+            "created_at": now,
+        }
+        for p in rows
+    ]
+    return (await connection.execute(statement, values)).scalars().all()
 
 
 ResendKey = tuple[str, str, str]  # (author, room, client_msg_id)

@@ -14,7 +14,10 @@ from sqlalchemy.ext.asyncio import (
 )
 
 SQLITE_BUSY_TIMEOUT_MS = 5000  # a writer waits this long for another process's lock
-IMMEDIATE = {"sqlite_immediate": True}
+# Every statement its own transaction: the message writer stores a batch as one INSERT, and
+# a round trip to the driver's thread (aiosqlite) for BEGIN and COMMIT would cost more than
+# the insert.
+AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -33,7 +36,7 @@ def create_engine(url: str) -> AsyncEngine:
 
 
 def configure_sqlite(engine: Engine) -> None:
-    """WAL, synchronous=NORMAL, a busy timeout, foreign keys, and BEGIN IMMEDIATE on request."""
+    """WAL, synchronous=NORMAL, a busy timeout, foreign keys, and BEGIN emitted by us."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -48,11 +51,11 @@ def configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        # A deferred transaction that later writes fails at once with "database is locked"
-        # when another process holds the write lock, whatever busy_timeout says; writers ask
-        # for IMMEDIATE so they wait instead.
-        immediate = conn.get_execution_options().get("sqlite_immediate", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        # SQLAlchemy's recipe for pysqlite: the driver's own implicit BEGIN comes too late
+        # for SAVEPOINTs and reads. A single statement in AUTOCOMMIT is atomic by itself, and
+        # it waits for another process's write lock (busy_timeout) instead of failing.
+        if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+            conn.exec_driver_sql("BEGIN")
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
