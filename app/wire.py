@@ -30,9 +30,10 @@ from websockets.protocol import State
 logger = logging.getLogger("chatroom.wire")
 
 PREPARED_FRAMES = "chatroom.websocket.prepared_frames"
-# Broadcasts framed and kept at once: the frames of a few batches in flight. Bounded, so at
-# most this many frames of at most CHATROOM_MAX_FRAME_BYTES-ish each stay in memory.
-PREPARED_CACHE_FRAMES = 256
+# Frames kept framed: a few batches' broadcasts and the rooms' history replays, each given to
+# many sockets. At most this many, of at most PREPARED_CACHE_MAX_CHARS each (4 MiB or so).
+PREPARED_CACHE_FRAMES = 64
+PREPARED_CACHE_MAX_CHARS = 64 * 1024
 
 WritePrepared = Callable[[bytes], bool]
 
@@ -43,7 +44,7 @@ async def send_texts(websocket: WebSocket, texts: Sequence[str]) -> None:
     if not texts:
         return
     write = prepared_writer(websocket.scope)
-    if write is not None and write(b"".join(prepared_frame(text) for text in texts)):
+    if write is not None and write(b"".join(map(prepared_frame, texts))):
         return
     for text in texts:
         await websocket.send_text(text)
@@ -53,16 +54,24 @@ def write_now(websocket: WebSocket, texts: Sequence[str]) -> bool:
     """Write texts in one write if the socket takes it without waiting; False otherwise
     (another server, a full buffer, a closing socket): the caller then queues them."""
     write = prepared_writer(websocket.scope)
-    return write is not None and write(b"".join(prepared_frame(text) for text in texts))
+    return write is not None and write(b"".join(map(prepared_frame, texts)))
 
 
-@functools.lru_cache(maxsize=PREPARED_CACHE_FRAMES)
 def prepared_frame(text: str) -> bytes:
     """text as one complete, unmasked WebSocket text frame, ready for any socket.
 
     Cached by text: the receivers of a broadcast all hand in the same string, framed once.
     """
+    if len(text) > PREPARED_CACHE_MAX_CHARS:
+        return _frame(text)
+    return _cached_frame(text)
+
+
+def _frame(text: str) -> bytes:
     return Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+
+
+_cached_frame = functools.lru_cache(maxsize=PREPARED_CACHE_FRAMES)(_frame)
 
 
 def prepared_writer(scope: Scope) -> WritePrepared | None:

@@ -34,6 +34,21 @@ class Frame:
 class Connection:
     """One socket in one room, with its bounded outbox."""
 
+    __slots__ = (
+        "user",
+        "room",
+        "_outbox",
+        "_outbox_bytes",
+        "_max_bytes",
+        "_last_message_id",
+        "_skip_through",
+        "_websocket",
+        "_sending",
+        "_sender",
+        "close_code",
+        "close_reason",
+    )
+
     def __init__(self, *, user: str, room: str, max_frames: int, max_bytes: int) -> None:
         self.user = user
         self.room = room

@@ -35,6 +35,7 @@ from app.chat.ratelimit import TokenBucket
 from app.chat.recent import RecentHistory
 from app.chat.store import MessageWriter, Stored, StoreFailed, history_page
 from app.core.config import Settings
+from app.wire import send_texts
 
 logger = logging.getLogger("chatroom.chat")
 
@@ -243,10 +244,9 @@ class ChatService:
             )
             history = history_frame(room, [message_frame(m) for m in messages], has_more)
             last_id = messages[-1].id if messages else since
-        await websocket.send_text(
-            welcome_frame(user=user, room=room, online=await self._online(room))
-        )
-        await websocket.send_text(history)
+        welcome = welcome_frame(user=user, room=room, online=await self._online(room))
+        # One write; the history frame is the room's, framed once for every joiner.
+        await send_texts(websocket, [welcome, history])
         if first:
             await self._announce("join", room, user)
         return last_id
