@@ -53,7 +53,7 @@ def join(
     """A connection of socket in room, sending."""
     connection = Connection(user="ann", room=room, max_frames=max_frames, max_bytes=0)
     hub.add(connection)
-    connection.start(cast(WebSocket, socket), skip_through=skip_through)
+    connection.start(cast(WebSocket, socket), skip_through=skip_through, on_abort=lambda: None)
     return connection
 
 
@@ -81,7 +81,8 @@ async def test_frames_queued_before_the_replay_skip_what_it_held() -> None:
     for message_id in (4, 5, 6):
         connection.offer([Frame(f"m{message_id}", message_id)])
     connection.offer([Frame("notice")])
-    connection.start(cast(WebSocket, socket), skip_through=5)  # the replay held up to 5
+    # The replay held messages up to 5.
+    connection.start(cast(WebSocket, socket), skip_through=5, on_abort=lambda: None)
     await settle()
     assert socket.sent == ["m6", "notice"]
 
@@ -107,7 +108,7 @@ async def test_an_outbox_over_its_byte_limit_is_closed_1013() -> None:
     connection = Connection(user="ann", room="r", max_frames=0, max_bytes=10)
     hub.add(connection)
     slow.paused = True
-    connection.start(cast(WebSocket, slow), skip_through=0)
+    connection.start(cast(WebSocket, slow), skip_through=0, on_abort=lambda: None)
     hub.deliver("r", [Frame("12345", 1)])
     await settle()  # taken by the sender, waiting in its send: no longer in the outbox
     hub.deliver("r", [Frame("67890", 2)])

@@ -1,10 +1,10 @@
 """Rooms of this process: which connections are in which room, and fan-out to them.
 
-The broadcaster pattern, bounded: each connection has an asyncio.Queue of frames and a task
-that drains it into the socket. Fan-out never waits for a socket; a connection whose queue
-(or its byte total) is over its limit is closed with 1013, and its failing affects no one
-else. When nothing is queued and the socket takes the frame without waiting (the usual
-case), fan-out writes it at once instead of waking the sender (wire.write_now).
+Fan-out never waits for a socket. A connection's frames are written at once when nothing is
+queued before them and the socket takes them without waiting (the usual case); otherwise
+they go into the connection's bounded outbox, drained by a sender task that lives only
+while there is something to send. A connection whose outbox is over its limits (frames or
+bytes) is closed with 1013, and its failing affects no one else.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from starlette.status import WS_1013_TRY_AGAIN_LATER
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from app.wire import send_texts, write_now
 
@@ -39,12 +39,13 @@ class Connection:
         "room",
         "_outbox",
         "_outbox_bytes",
+        "_max_frames",
         "_max_bytes",
         "_last_message_id",
         "_skip_through",
         "_websocket",
-        "_sending",
         "_sender",
+        "_on_abort",
         "close_code",
         "close_reason",
     )
@@ -52,15 +53,16 @@ class Connection:
     def __init__(self, *, user: str, room: str, max_frames: int, max_bytes: int) -> None:
         self.user = user
         self.room = room
-        self._outbox: asyncio.Queue[Frame] = asyncio.Queue(max_frames)  # 0: no limit
+        self._outbox: list[Frame] = []  # frames waiting for the sender, oldest first
         self._outbox_bytes = 0
+        self._max_frames = max_frames  # 0: no limit, as for max_bytes
         self._max_bytes = max_bytes
-        # Highest message id queued for this socket: a repeat of one is dropped.
+        # Highest message id given to this socket: a repeat of one is dropped.
         self._last_message_id = 0
         self._skip_through = 0  # chat messages up to this id were in the replay
-        self._websocket: WebSocket | None = None  # set by start()
-        self._sending = False  # the sender holds frames it has not finished writing
-        self._sender: asyncio.Task[None] | None = None
+        self._websocket: WebSocket | None = None  # set by start(): sending may begin
+        self._sender: asyncio.Task[None] | None = None  # only while the outbox drains
+        self._on_abort: Callable[[], object] | None = None
         self.close_code: int | None = None  # set by abort(): the close frame to send
         self.close_reason = ""
 
@@ -86,51 +88,68 @@ class Connection:
         websocket = self._websocket
         if not fresh or (
             websocket is not None
-            and not self._sending
-            and self._outbox.empty()
+            and self._sender is None
             and write_now(websocket, [frame.text for frame in fresh])
         ):
             return True  # nothing waits before them, and the socket took them at once
-        for frame in fresh:
-            try:
-                self._outbox.put_nowait(frame)
-            except asyncio.QueueFull:
-                return False
-            self._outbox_bytes += len(frame.text)
-        return not self._max_bytes or self._outbox_bytes <= self._max_bytes
+        self._outbox += fresh
+        self._outbox_bytes += sum(len(frame.text) for frame in fresh)
+        if (self._max_frames and len(self._outbox) > self._max_frames) or (
+            self._max_bytes and self._outbox_bytes > self._max_bytes
+        ):
+            return False
+        if websocket is not None and self._sender is None:
+            self._sender = asyncio.create_task(self._drain(websocket))
+        return True
 
-    def start(self, websocket: WebSocket, *, skip_through: int) -> asyncio.Task[None]:
+    def start(
+        self, websocket: WebSocket, *, skip_through: int, on_abort: Callable[[], object]
+    ) -> None:
         """Start sending, after the history replay; chat messages with id <= skip_through
-        were in the replay and are not sent again."""
+        were in the replay and are not sent again. on_abort: ends the socket's serving."""
         self._skip_through = skip_through
         self._last_message_id = max(self._last_message_id, skip_through)
-        self._sender = asyncio.create_task(self._send(websocket))
-        if self._outbox.empty():
-            self._websocket = websocket
-        return self._sender
+        self._websocket = websocket
+        self._on_abort = on_abort
+        if self._outbox:
+            self._sender = asyncio.create_task(self._drain(websocket))
 
     def abort(self, code: int, reason: str) -> None:
-        """Stop sending and have the socket closed with code (serve() closes it)."""
-        if self.close_code is None:
-            self.close_code, self.close_reason = code, reason
+        """Stop sending and have the socket closed with code (by its serve())."""
+        if self.close_code is not None:
+            return
+        self.close_code, self.close_reason = code, reason
+        on_abort = self._on_abort
+        self.stop()
+        if on_abort is not None:
+            on_abort()
+
+    def stop(self) -> None:
+        """Send nothing more (the socket is ending)."""
+        self._websocket, self._outbox, self._on_abort = None, [], None
         if self._sender is not None:
             self._sender.cancel()  # it may be stuck in a send to a peer that does not read
 
-    async def _send(self, websocket: WebSocket) -> None:
-        outbox = self._outbox
-        while True:
-            frames = [await outbox.get()]
-            while not outbox.empty():  # whatever queued meanwhile goes in the same write
-                frames.append(outbox.get_nowait())
-            self._outbox_bytes -= sum(len(frame.text) for frame in frames)
-            skip = self._skip_through
-            self._sending = True
-            await send_texts(
-                websocket,
-                [f.text for f in frames if f.message_id is None or f.message_id > skip],
-            )
-            self._sending = False
-            self._websocket = websocket  # from now on offer() may write at once
+    async def _drain(self, websocket: WebSocket) -> None:
+        """Send what is queued, and whatever queues meanwhile, in one write each time."""
+        try:
+            while self._outbox:
+                frames, self._outbox = self._outbox, []
+                self._outbox_bytes -= sum(len(frame.text) for frame in frames)
+                skip = self._skip_through
+                await send_texts(
+                    websocket,
+                    [f.text for f in frames if f.message_id is None or f.message_id > skip],
+                )
+        except Exception as exc:
+            # A send to a socket the peer already closed is how most connections end; the
+            # receiving side sees the disconnect too.
+            if not isinstance(exc, OSError | RuntimeError | WebSocketDisconnect):
+                logger.error("sending to %s failed", self.user, exc_info=exc)
+            self._websocket, self._outbox = None, []  # nothing more is sent (no stop(): the
+            # task would cancel itself)
+        finally:
+            self._sender = None
 
 
 class Hub:

@@ -254,30 +254,27 @@ class ChatService:
     async def _run(
         self, websocket: WebSocket, connection: Connection, skip_through: int, expires_at: float
     ) -> None:
-        """Receive and send side by side until one ends (or the token expires)."""
+        """Receive until the peer leaves or the token expires; meanwhile the hub sends.
+
+        The token's expiry is the receive's timeout, and an abort by the hub (overflow,
+        revocation, shutdown) moves that timeout to now.
+        """
         if connection.close_code is not None:
-            return  # aborted while joining (shutdown, revocation)
-        sending = connection.start(websocket, skip_through=skip_through)
-        receiving = asyncio.create_task(self._receive(websocket, connection))
+            return  # aborted while joining
+        loop = asyncio.get_running_loop()
         try:
-            done, _ = await asyncio.wait(
-                (sending, receiving),
-                timeout=max(expires_at - time.time(), 0),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            if not done:
+            async with asyncio.timeout(max(expires_at - time.time(), 0)) as receiving:
+                connection.start(
+                    websocket,
+                    skip_through=skip_through,
+                    on_abort=lambda: receiving.reschedule(loop.time()),
+                )
+                await self._receive(websocket, connection)
+        except TimeoutError:
+            if connection.close_code is None:
                 connection.abort(WS_1008_POLICY_VIOLATION, "token expired")
         finally:
-            for task in (sending, receiving):
-                task.cancel()
-            results = await asyncio.gather(sending, receiving, return_exceptions=True)
-        for result in results:
-            if isinstance(result, Exception) and not isinstance(
-                result, WebSocketDisconnect | RuntimeError | OSError
-            ):
-                logger.error(
-                    "socket of %s in %s failed", connection.user, connection.room, exc_info=result
-                )
+            connection.stop()
 
     async def _receive(self, websocket: WebSocket, connection: Connection) -> None:
         in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)  # stop reading while 16 await commit
