@@ -36,7 +36,7 @@ async def measure(
     sockets = []
 
     async def open_one(index: int) -> None:
-        room = "room1" if kind == "chatroom" else ""
+        room = "room1" if kind in ("chatroom", "depends") else ""
         socket = await websockets.connect(
             server.ws_url(room, index, users[index % len(users)]),
             compression=None,
@@ -88,7 +88,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--server", choices=("chatroom", "tutorial"), default="chatroom")
+    parser.add_argument(
+        "--server", choices=("chatroom", "tutorial", "depends", "bare"), default="chatroom"
+    )
     parser.add_argument("--connections", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--trace", action="store_true", help="tracemalloc lines, per socket")

@@ -47,13 +47,27 @@ class FakeSocket:
         self.resumed.set()
 
 
+class Ending:
+    """Stands in for the timeout around a socket's receiving: records when an abort ends it."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+    def reschedule(self, when: float | None) -> None:
+        self.at = when
+
+
+def ended() -> asyncio.Timeout:
+    return cast(asyncio.Timeout, Ending())
+
+
 def join(
     hub: Hub, socket: FakeSocket, *, room: str = "r", max_frames: int = 0, skip_through: int = 0
 ) -> Connection:
     """A connection of socket in room, sending."""
-    connection = Connection(user="ann", room=room, max_frames=max_frames, max_bytes=0)
+    connection = Connection(user="ann", room=room, max_frames=max_frames, max_bytes=0, expires_at=0)
     hub.add(connection)
-    connection.start(cast(WebSocket, socket), skip_through=skip_through, on_abort=lambda: None)
+    connection.start(cast(WebSocket, socket), skip_through=skip_through, until=ended())
     return connection
 
 
@@ -77,12 +91,12 @@ async def test_frames_behind_a_waiting_send_arrive_once_and_in_order() -> None:
 
 async def test_frames_queued_before_the_replay_skip_what_it_held() -> None:
     socket = FakeSocket()
-    connection = Connection(user="ann", room="r", max_frames=0, max_bytes=0)
+    connection = Connection(user="ann", room="r", max_frames=0, max_bytes=0, expires_at=0)
     for message_id in (4, 5, 6):
         connection.offer([Frame(f"m{message_id}", message_id)])
     connection.offer([Frame("notice")])
     # The replay held messages up to 5.
-    connection.start(cast(WebSocket, socket), skip_through=5, on_abort=lambda: None)
+    connection.start(cast(WebSocket, socket), skip_through=5, until=ended())
     await settle()
     assert socket.sent == ["m6", "notice"]
 
@@ -105,10 +119,10 @@ async def test_an_outbox_over_its_limit_is_closed_1013_while_others_still_get_fr
 
 async def test_an_outbox_over_its_byte_limit_is_closed_1013() -> None:
     hub, slow = Hub(), FakeSocket()
-    connection = Connection(user="ann", room="r", max_frames=0, max_bytes=10)
+    connection = Connection(user="ann", room="r", max_frames=0, max_bytes=10, expires_at=0)
     hub.add(connection)
     slow.paused = True
-    connection.start(cast(WebSocket, slow), skip_through=0, on_abort=lambda: None)
+    connection.start(cast(WebSocket, slow), skip_through=0, until=ended())
     hub.deliver("r", [Frame("12345", 1)])
     await settle()  # taken by the sender, waiting in its send: no longer in the outbox
     hub.deliver("r", [Frame("67890", 2)])

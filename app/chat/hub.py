@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from starlette.status import WS_1013_TRY_AGAIN_LATER
@@ -45,14 +45,18 @@ class Connection:
         "_skip_through",
         "_websocket",
         "_sender",
-        "_on_abort",
+        "_until",
+        "expires_at",
         "close_code",
         "close_reason",
     )
 
-    def __init__(self, *, user: str, room: str, max_frames: int, max_bytes: int) -> None:
+    def __init__(
+        self, *, user: str, room: str, max_frames: int, max_bytes: int, expires_at: float
+    ) -> None:
         self.user = user
         self.room = room
+        self.expires_at = expires_at  # when the token that opened the socket expires
         self._outbox: list[Frame] = []  # frames waiting for the sender, oldest first
         self._outbox_bytes = 0
         self._max_frames = max_frames  # 0: no limit, as for max_bytes
@@ -62,7 +66,7 @@ class Connection:
         self._skip_through = 0  # chat messages up to this id were in the replay
         self._websocket: WebSocket | None = None  # set by start(): sending may begin
         self._sender: asyncio.Task[None] | None = None  # only while the outbox drains
-        self._on_abort: Callable[[], object] | None = None
+        self._until: asyncio.Timeout | None = None  # the socket's receiving, while it runs
         self.close_code: int | None = None  # set by abort(): the close frame to send
         self.close_reason = ""
 
@@ -102,31 +106,35 @@ class Connection:
             self._sender = asyncio.create_task(self._drain(websocket))
         return True
 
-    def start(
-        self, websocket: WebSocket, *, skip_through: int, on_abort: Callable[[], object]
-    ) -> None:
-        """Start sending, after the history replay; chat messages with id <= skip_through
-        were in the replay and are not sent again. on_abort: ends the socket's serving."""
+    def start(self, websocket: WebSocket, *, skip_through: int, until: asyncio.Timeout) -> bool:
+        """Start sending, after the history replay; False if aborted meanwhile.
+
+        Chat messages with id <= skip_through were in the replay and are not sent again.
+        until: the timeout around the socket's receiving, which abort() brings forward.
+        """
+        if self.close_code is not None:
+            return False
         self._skip_through = skip_through
         self._last_message_id = max(self._last_message_id, skip_through)
         self._websocket = websocket
-        self._on_abort = on_abort
+        self._until = until
         if self._outbox:
             self._sender = asyncio.create_task(self._drain(websocket))
+        return True
 
     def abort(self, code: int, reason: str) -> None:
         """Stop sending and have the socket closed with code (by its serve())."""
         if self.close_code is not None:
             return
         self.close_code, self.close_reason = code, reason
-        on_abort = self._on_abort
+        until = self._until
         self.stop()
-        if on_abort is not None:
-            on_abort()
+        if until is not None:
+            until.reschedule(asyncio.get_running_loop().time())
 
     def stop(self) -> None:
         """Send nothing more (the socket is ending)."""
-        self._websocket, self._outbox, self._on_abort = None, [], None
+        self._websocket, self._outbox, self._until = None, [], None
         if self._sender is not None:
             self._sender.cancel()  # it may be stuck in a send to a peer that does not read
 

@@ -44,6 +44,7 @@ MAX_IN_FLIGHT = 16  # a connection's messages awaiting commit before it stops re
 # A broker channel no room can have ("!" is not allowed in item ids): revoked usernames.
 REVOCATIONS = "!revoked"
 CLOSE_TIMEOUT_SECONDS = 5.0  # how long a close handshake may take before we move on
+EXPIRY_SWEEP_SECONDS = 1.0  # a socket closes at most this long after its token expires
 
 
 class ChatService:
@@ -75,18 +76,22 @@ class ChatService:
         self._all_done = asyncio.Event()
         self._all_done.set()
         self._stopped = False
+        self._expiry: asyncio.Task[None] | None = None
         self._revoked_callbacks: list[Callable[[str], None]] = []
 
     async def start(self) -> None:
         await self.broker.start(self.deliver, self._catch_up)
         await self.presence.start(self._announce)
         self.writer.start()
+        self._expiry = asyncio.create_task(self._expire_tokens(), name="chatroom-token-expiry")
 
     async def stop(self) -> None:
         """Finish in-flight writes and broadcasts, then close every socket with 1001."""
         if self._stopped:
             return
         self._stopped = True
+        if self._expiry is not None:
+            self._expiry.cancel()
         await self.writer.stop()
         for connection in self.hub.connections():
             connection.abort(WS_1001_GOING_AWAY, "server shutting down")
@@ -113,6 +118,19 @@ class ChatService:
         for connection in self.hub.connections():
             if connection.user == user:
                 connection.abort(WS_1008_POLICY_VIOLATION, "password changed")
+
+    async def _expire_tokens(self) -> None:
+        """Close sockets whose token has expired: one sweep a second for all of them.
+
+        A long-lived socket must not outlive the credentials that opened it; a timer per
+        socket would be exact, but costs more memory per idle socket than a second is worth.
+        """
+        while True:
+            await asyncio.sleep(EXPIRY_SWEEP_SECONDS)
+            now = time.time()
+            for connection in self.hub.connections():
+                if connection.expires_at <= now:
+                    connection.abort(WS_1008_POLICY_VIOLATION, "token expired")
 
     def deliver(self, frames: Sequence[tuple[str, Frame]]) -> None:
         """Every frame the broker brings, in order: keep the replays current, fan out."""
@@ -196,16 +214,25 @@ class ChatService:
             room=room,
             max_frames=self.settings.send_buffer_frames,
             max_bytes=self.settings.send_buffer_bytes,
+            expires_at=expires_at,
         )
         # Registered before the history query: whatever is committed from now on is queued,
         # and the sender skips what the replay already held, so nothing is missed or doubled.
         first_here = self.hub.add(connection)
         try:
             skip_through = await self._join(websocket, connection, since, announce=first_here)
-            await self._run(websocket, connection, skip_through, expires_at)
+            # Receive until the peer leaves; meanwhile the hub sends. An abort by the hub
+            # (overflow, revocation, expiry, shutdown) ends the receiving through this
+            # timeout, which has no deadline until then.
+            async with asyncio.timeout(None) as receiving:
+                if connection.start(websocket, skip_through=skip_through, until=receiving):
+                    await self._receive(websocket, connection)
+        except TimeoutError:
+            pass  # aborted: connection.close_code says how to close
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the peer left, or the socket broke under us
         finally:
+            connection.stop()
             if self.hub.remove(connection) and await self._presence(
                 self.presence.leave, room, user
             ):
@@ -250,31 +277,6 @@ class ChatService:
         if first:
             await self._announce("join", room, user)
         return last_id
-
-    async def _run(
-        self, websocket: WebSocket, connection: Connection, skip_through: int, expires_at: float
-    ) -> None:
-        """Receive until the peer leaves or the token expires; meanwhile the hub sends.
-
-        The token's expiry is the receive's timeout, and an abort by the hub (overflow,
-        revocation, shutdown) moves that timeout to now.
-        """
-        if connection.close_code is not None:
-            return  # aborted while joining
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(max(expires_at - time.time(), 0)) as receiving:
-                connection.start(
-                    websocket,
-                    skip_through=skip_through,
-                    on_abort=lambda: receiving.reschedule(loop.time()),
-                )
-                await self._receive(websocket, connection)
-        except TimeoutError:
-            if connection.close_code is None:
-                connection.abort(WS_1008_POLICY_VIOLATION, "token expired")
-        finally:
-            connection.stop()
 
     async def _receive(self, websocket: WebSocket, connection: Connection) -> None:
         in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)  # stop reading while 16 await commit
