@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_redaction()
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Services]]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.database_url)
         try:
             await ensure_at_head(engine)
@@ -65,8 +65,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ),
             )
             uninstall = install_graceful_stop(chat.stop)
+            # On the app, not in lifespan state: that state is copied into every request's
+            # and socket's scope, a dict per idle socket for one reference.
+            app.state.services = services
             try:
-                yield {"services": services}
+                yield
             finally:
                 uninstall()
                 await chat.stop()
@@ -74,8 +77,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await engine.dispose()
 
     app = FastAPI(title="chatroom", version="0.1.0", lifespan=lifespan)
-    for module in (auth, history, rooms, pages, websocket):
+    for module in (auth, history, rooms, pages):
         app.include_router(module.router)
+    app.router.routes.extend(websocket.router.routes)
     app.add_exception_handler(WebSocketRequestValidationError, websocket.refuse_invalid_handshake)  # type: ignore[arg-type]
     app.mount("/static", StaticFiles(directory=resource("static")), name="static")
     docs = (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)

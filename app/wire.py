@@ -35,7 +35,7 @@ PREPARED_FRAMES = "chatroom.websocket.prepared_frames"
 PREPARED_CACHE_FRAMES = 64
 PREPARED_CACHE_MAX_CHARS = 64 * 1024
 
-WritePrepared = Callable[[bytes], bool]
+WritePrepared = Callable[[Sequence[bytes]], bool]
 
 
 async def send_texts(websocket: WebSocket, texts: Sequence[str]) -> None:
@@ -44,7 +44,7 @@ async def send_texts(websocket: WebSocket, texts: Sequence[str]) -> None:
     if not texts:
         return
     write = prepared_writer(websocket.scope)
-    if write is not None and write(b"".join(map(prepared_frame, texts))):
+    if write is not None and write([prepared_frame(text) for text in texts]):
         return
     for text in texts:
         await websocket.send_text(text)
@@ -54,7 +54,7 @@ def write_now(websocket: WebSocket, texts: Sequence[str]) -> bool:
     """Write texts in one write if the socket takes it without waiting; False otherwise
     (another server, a full buffer, a closing socket): the caller then queues them."""
     write = prepared_writer(websocket.scope)
-    return write is not None and write(b"".join(map(prepared_frame, texts)))
+    return write is not None and write([prepared_frame(text) for text in texts])
 
 
 def prepared_frame(text: str) -> bytes:
@@ -100,8 +100,11 @@ class PreparedFrameProtocol(WebSocketsSansIOProtocol):
         except AttributeError:
             logger.warning("uvicorn's protocol changed: prepared frames are not offered")
 
-    def write_prepared(self, frame: bytes) -> bool:
-        """Write frame now, as send() would; False where send() would wait or refuse.
+    def write_prepared(self, frames: Sequence[bytes]) -> bool:
+        """Write frames now, as send() would; False where send() would wait or refuse.
+
+        One writelines: the frames go out in one system call without being copied into one
+        buffer first (a room's history frame is shared by every joiner).
 
         Never raises: fan-out calls it for every socket of a room in one loop.
         """
@@ -116,5 +119,5 @@ class PreparedFrameProtocol(WebSocketsSansIOProtocol):
                 return False
         except AttributeError:
             return False
-        self.transport.write(frame)
+        self.transport.writelines(frames)
         return True

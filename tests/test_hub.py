@@ -7,6 +7,7 @@ order and exactly-once guarantees around a socket that is slow, replaying or ref
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any, cast
 
 from starlette.websockets import WebSocket
@@ -36,10 +37,10 @@ class FakeSocket:
             await self.resumed.wait()
         self.sent.append(text)
 
-    def write_prepared(self, frame: bytes) -> bool:
+    def write_prepared(self, frames: Sequence[bytes]) -> bool:
         if self.refuses or self.paused:
             return False
-        self.written.append(frame)
+        self.written.append(frames[0] if len(frames) == 1 else b"".join(frames))
         return True
 
     def resume(self) -> None:

@@ -32,11 +32,11 @@ class WritingApp:
         self.offered = write is not None
         if write is None:
             return
-        self.written = [write(prepared_frame(text)) for text in TEXTS]
+        self.written = [write([prepared_frame(text)]) for text in TEXTS]
         await send({"type": "websocket.send", "text": "through ASGI"})
-        self.written.append(write(prepared_frame("after the ASGI send")))
+        self.written.append(write([prepared_frame("after the ASGI send")]))
         await receive()  # the client's close
-        self.written.append(write(prepared_frame("after the close")))
+        self.written.append(write([prepared_frame("after the close")]))
 
 
 @pytest.fixture

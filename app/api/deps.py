@@ -56,7 +56,7 @@ bearer = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
 
 async def get_services(connection: HTTPConnection) -> Services:
     # async, though it never awaits: FastAPI runs a plain `def` dependency in a thread pool.
-    services: Services = connection.state.services
+    services: Services = connection.app.state.services
     return services
 
 

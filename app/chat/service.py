@@ -279,20 +279,21 @@ class ChatService:
         return last_id
 
     async def _receive(self, websocket: WebSocket, connection: Connection) -> None:
-        in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)  # stop reading while 16 await commit
-        bucket = self._buckets.setdefault(
-            connection.user, TokenBucket(self.settings.rate_limit, self.settings.rate_burst)
-        )
+        bucket = self._buckets.get(connection.user)
+        if bucket is None:
+            bucket = TokenBucket(self.settings.rate_limit, self.settings.rate_burst)
+            self._buckets[connection.user] = bucket
+        in_flight: list[asyncio.Future[Stored]] = []  # its messages awaiting their commit
         while True:
+            if len(in_flight) >= MAX_IN_FLIGHT:  # stop reading until the oldest is stored
+                await asyncio.wait(in_flight[:1])
+            in_flight = [future for future in in_flight if not future.done()]
             event = await websocket.receive()
             if event["type"] == "websocket.disconnect":
                 return
-            await in_flight.acquire()
             future = self._take(connection, bucket, event.get("text"))
-            if future is None:
-                in_flight.release()
-            else:
-                future.add_done_callback(lambda _: in_flight.release())
+            if future is not None:
+                in_flight.append(future)
 
     def _take(
         self, connection: Connection, bucket: TokenBucket, text: str | None
