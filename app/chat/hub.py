@@ -165,15 +165,15 @@ class Hub:
 
     def __init__(self) -> None:
         self._rooms: dict[str, dict[Connection, None]] = {}
-        # The one count of sockets per (room, user) in this process.
-        self._sockets: Counter[tuple[str, str]] = Counter()
+        # The one count of sockets per user of each room in this process.
+        self._users: dict[str, Counter[str]] = {}
 
     def add(self, connection: Connection) -> bool:
         """Register connection; True when it is its user's first in the room."""
         self._rooms.setdefault(connection.room, {})[connection] = None
-        key = (connection.room, connection.user)
-        self._sockets[key] += 1
-        return self._sockets[key] == 1
+        users = self._users.setdefault(connection.room, Counter())
+        users[connection.user] += 1
+        return users[connection.user] == 1
 
     def remove(self, connection: Connection) -> bool:
         """Unregister connection; True when it was its user's last in the room."""
@@ -183,11 +183,13 @@ class Hub:
         del members[connection]
         if not members:
             del self._rooms[connection.room]
-        key = (connection.room, connection.user)
-        self._sockets[key] -= 1
-        if self._sockets[key]:
+        users = self._users[connection.room]
+        users[connection.user] -= 1
+        if users[connection.user]:
             return False
-        del self._sockets[key]
+        del users[connection.user]
+        if not users:
+            del self._users[connection.room]
         return True
 
     @property
@@ -202,10 +204,10 @@ class Hub:
 
     def members(self) -> list[tuple[str, str]]:
         """(room, user) for every user with a socket here."""
-        return list(self._sockets)
+        return [(room, user) for room, users in self._users.items() for user in users]
 
     def users(self, room: str) -> list[str]:
-        return sorted({c.user for c in self._rooms.get(room, ())})
+        return sorted(self._users.get(room, ()))
 
     def resume_point(self, room: str) -> int | None:
         """The highest id every socket of room has been given (None: the room is empty)."""

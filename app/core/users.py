@@ -26,21 +26,37 @@ class UserCache:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
         self._users: dict[str, tuple[float, User | None]] = {}
+        # One query per user at a time: a crowd of handshakes that all miss waits for it.
+        self._loading: dict[str, asyncio.Task[User | None]] = {}
 
     async def get(self, username: str) -> User | None:
-        now = time.monotonic()
         hit = self._users.get(username)
-        if hit is not None and now - hit[0] < USER_CACHE_SECONDS:
+        if hit is not None and time.monotonic() - hit[0] < USER_CACHE_SECONDS:
             return hit[1]
-        async with self._sessions() as session:
-            user = await get_user(session, username=username)
-        if len(self._users) >= 10_000:
-            self._users.clear()  # bounded; a miss only costs one query
-        self._users[username] = (now, user)
+        loading = self._loading.get(username)
+        if loading is None:
+            loading = asyncio.create_task(self._load(username))
+            self._loading[username] = loading
+        return await asyncio.shield(loading)
+
+    async def _load(self, username: str) -> User | None:
+        started = time.monotonic()
+        try:
+            async with self._sessions() as session:
+                user = await get_user(session, username=username)
+        finally:
+            current = self._loading.get(username) is asyncio.current_task()
+            if current:
+                del self._loading[username]
+        if current:  # not forgotten meanwhile (a password change)
+            if len(self._users) >= 10_000:
+                self._users.clear()  # bounded; a miss only costs one query
+            self._users[username] = (started, user)
         return user
 
     def forget(self, username: str) -> None:
         self._users.pop(username, None)
+        self._loading.pop(username, None)
 
 
 class UsernameTaken(Exception):
