@@ -5,6 +5,7 @@ All JWT code lives here.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from jose import JWTError, jwt
+from jose import JWTError, jwk, jwt
+from jose.backends.base import Key
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
@@ -75,11 +77,22 @@ def create_access_token(
     return str(jwt.encode(claims, key, algorithm=ALGORITHM))
 
 
+@functools.lru_cache(maxsize=4)
+def _verification_key(secret: str) -> Key:
+    """The HMAC key object for secret, made once. Given a string, python-jose first tries
+    to read it as a JSON Web Key (a failed json.loads per token, a sixth of a join's CPU in
+    a join storm), and a secret that happened to be JSON would be taken as one."""
+    return jwk.construct(secret, ALGORITHM)
+
+
 def decode_access_token(token: str, *, key: str) -> TokenClaims:
     """Verify signature (HS256 only) and expiry; raise InvalidToken otherwise."""
     try:
         claims = jwt.decode(
-            token, key, algorithms=[ALGORITHM], options={"require_exp": True, "require_sub": True}
+            token,
+            _verification_key(key),
+            algorithms=[ALGORITHM],
+            options={"require_exp": True, "require_sub": True},
         )
     except JWTError as exc:
         raise InvalidToken(str(exc)) from exc
