@@ -44,7 +44,9 @@ class RecentHistory:
             entry = await self._load(room)
         else:
             self._rooms.move_to_end(room)
-            await asyncio.shield(entry.ready)
+            if not entry.ready.done():  # another join is reading it: wait for that read
+                await asyncio.shield(entry.ready)
+            entry.ready.result()  # re-raises its failure
         if entry.frame is None:
             texts = [text for _, text in entry.messages]
             entry.frame = history_frame(room, texts, entry.has_more)
