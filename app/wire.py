@@ -41,20 +41,22 @@ WritePrepared = Callable[[Sequence[bytes]], bool]
 async def send_texts(websocket: WebSocket, texts: Sequence[str]) -> None:
     """Send texts in order: in one write of prepared frames where the server offers it,
     else (or where that write would wait or fail) one ASGI send each."""
-    if not texts:
-        return
-    write = prepared_writer(websocket.scope)
-    if write is not None and write([prepared_frame(text) for text in texts]):
+    if not texts or write_now(websocket, prepare(texts)):
         return
     for text in texts:
         await websocket.send_text(text)
 
 
-def write_now(websocket: WebSocket, texts: Sequence[str]) -> bool:
-    """Write texts in one write if the socket takes it without waiting; False otherwise
-    (another server, a full buffer, a closing socket): the caller then queues them."""
+def prepare(texts: Sequence[str]) -> list[bytes]:
+    """texts as prepared frames, for write_now: made once for all receivers of a broadcast."""
+    return [prepared_frame(text) for text in texts]
+
+
+def write_now(websocket: WebSocket, frames: Sequence[bytes]) -> bool:
+    """Write prepared frames in one write if the socket takes it without waiting; False
+    otherwise (another server, a full buffer, a closing socket): the caller then queues."""
     write = prepared_writer(websocket.scope)
-    return write is not None and write([prepared_frame(text) for text in texts])
+    return write is not None and write(frames)
 
 
 def prepared_frame(text: str) -> bytes:

@@ -65,6 +65,20 @@ async def test_flood_is_rate_limited_and_nothing_extra_is_stored(strict_server: 
         assert frame["body"] == "later"
 
 
+async def test_reconnecting_does_not_reset_the_rate_limit(strict_server: LiveServer) -> None:
+    async with httpx.AsyncClient(base_url=strict_server.url) as http:
+        token = await register(http, "alice")
+    alice = await join(strict_server, "r1", token)
+    for i in range(3):  # the whole burst
+        await alice.send(f"burst {i}")
+    for _ in range(3):
+        assert (await alice.recv_type("message"))["body"].startswith("burst")
+    await alice.close()
+    again = await join(strict_server, "r1", token)
+    await again.send("right away")
+    assert (await again.recv_type("error"))["code"] == "rate_limited"
+
+
 async def test_rate_limit_is_per_user_across_sockets(strict_server: LiveServer) -> None:
     async with httpx.AsyncClient(base_url=strict_server.url) as http:
         alice_token, bob_token = await register(http, "alice"), await register(http, "bob")

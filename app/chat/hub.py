@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from starlette.status import WS_1013_TRY_AGAIN_LATER
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from app.wire import send_texts, write_now
+from app.wire import prepare, send_texts, write_now
 
 logger = logging.getLogger("chatroom.hub")
 
@@ -74,11 +74,12 @@ class Connection:
     def last_message_id(self) -> int:
         return self._last_message_id
 
-    def offer(self, frames: Sequence[Frame]) -> bool:
+    def offer(self, frames: Sequence[Frame], prepared: Sequence[bytes] | None = None) -> bool:
         """Send or queue frames, in order; False when that puts the outbox over its limits.
 
-        A chat message at or below the last one given is a repeat (a replay after a broker
-        outage overlaps what was delivered) and is dropped.
+        prepared: wire.prepare() of frames' texts, when the caller made it once for many
+        connections. A chat message at or below the last one given is a repeat (a replay
+        after a broker outage overlaps what was delivered) and is dropped.
         """
         if self.close_code is not None:
             return True
@@ -89,13 +90,14 @@ class Connection:
                     continue
                 self._last_message_id = frame.message_id
             fresh.append(frame)
+        if not fresh:
+            return True
         websocket = self._websocket
-        if not fresh or (
-            websocket is not None
-            and self._sender is None
-            and write_now(websocket, [frame.text for frame in fresh])
-        ):
-            return True  # nothing waits before them, and the socket took them at once
+        if websocket is not None and self._sender is None:
+            if prepared is None or len(fresh) != len(frames):
+                prepared = prepare([frame.text for frame in fresh])
+            if write_now(websocket, prepared):
+                return True  # nothing waits before them, and the socket took them at once
         self._outbox += fresh
         self._outbox_bytes += sum(len(frame.text) for frame in fresh)
         if (self._max_frames and len(self._outbox) > self._max_frames) or (
@@ -134,7 +136,7 @@ class Connection:
 
     def stop(self) -> None:
         """Send nothing more (the socket is ending)."""
-        self._websocket, self._outbox, self._until = None, [], None
+        self._websocket, self._outbox, self._outbox_bytes, self._until = None, [], 0, None
         if self._sender is not None:
             self._sender.cancel()  # it may be stuck in a send to a peer that does not read
 
@@ -154,8 +156,8 @@ class Connection:
             # receiving side sees the disconnect too.
             if not isinstance(exc, OSError | RuntimeError | WebSocketDisconnect):
                 logger.error("sending to %s failed", self.user, exc_info=exc)
-            self._websocket, self._outbox = None, []  # nothing more is sent (no stop(): the
-            # task would cancel itself)
+            # Nothing more is sent (not stop(): this task would cancel itself).
+            self._websocket, self._outbox, self._outbox_bytes = None, [], 0
         finally:
             self._sender = None
 
@@ -217,7 +219,11 @@ class Hub:
     def deliver(self, room: str, frames: Sequence[Frame]) -> None:
         """Give frames to every connection of room (one write each, where the socket takes
         it at once); overflowing ones are closed with 1013."""
-        for connection in self._rooms.get(room, ()):
-            if not connection.offer(frames):
+        members = self._rooms.get(room)
+        if not members:
+            return
+        prepared = prepare([frame.text for frame in frames])  # framed once for the room
+        for connection in members:
+            if not connection.offer(frames, prepared):
                 logger.info("closing slow connection of %s in %s", connection.user, room)
                 connection.abort(WS_1013_TRY_AGAIN_LATER, "send buffer full")

@@ -83,7 +83,7 @@ class ChatService:
         await self.broker.start(self.deliver, self._catch_up)
         await self.presence.start(self._announce)
         self.writer.start()
-        self._expiry = asyncio.create_task(self._expire_tokens(), name="chatroom-token-expiry")
+        self._expiry = asyncio.create_task(self._sweep(), name="chatroom-sweep")
 
     async def stop(self) -> None:
         """Finish in-flight writes and broadcasts, then close every socket with 1001."""
@@ -119,8 +119,9 @@ class ChatService:
             if connection.user == user:
                 connection.abort(WS_1008_POLICY_VIOLATION, "password changed")
 
-    async def _expire_tokens(self) -> None:
-        """Close sockets whose token has expired: one sweep a second for all of them.
+    async def _sweep(self) -> None:
+        """Close sockets whose token has expired, and forget refilled rate-limit buckets:
+        one sweep a second for all of them.
 
         A long-lived socket must not outlive the credentials that opened it; a timer per
         socket would be exact, but costs more memory per idle socket than a second is worth.
@@ -131,6 +132,11 @@ class ChatService:
             for connection in self.hub.connections():
                 if connection.expires_at <= now:
                     connection.abort(WS_1008_POLICY_VIOLATION, "token expired")
+            # A rate-limit bucket outlives its user's sockets until it has refilled:
+            # reconnecting must not reset the limit.
+            for user in [u for u, b in self._buckets.items() if u not in self._sockets_of]:
+                if self._buckets[user].full():
+                    del self._buckets[user]
 
     def deliver(self, frames: Sequence[tuple[str, Frame]]) -> None:
         """Every frame the broker brings, in order: keep the replays current, fan out."""
@@ -246,16 +252,9 @@ class ChatService:
             self._sockets_of[user] -= 1
             if not self._sockets_of[user]:
                 del self._sockets_of[user]
-                self._forget_full_buckets()
             self._serving -= 1
             if not self._serving:
                 self._all_done.set()
-
-    def _forget_full_buckets(self) -> None:
-        """A bucket outlives its user's sockets until it is full again: reconnecting must
-        not reset the rate limit."""
-        for user in [u for u, b in self._buckets.items() if b.full() and u not in self._sockets_of]:
-            del self._buckets[user]
 
     async def _join(
         self, websocket: WebSocket, connection: Connection, since: int | None, *, announce: bool
