@@ -45,6 +45,9 @@ async def room_history(
     )
 
 
+# HEAD too: uptime monitors and load balancers often probe with it.
 @router.get("/healthz", tags=["health"])
+@router.head("/healthz", tags=["health"])
 async def healthz() -> dict[str, str]:
+    """200 while the server runs."""
     return {"status": "ok"}
