@@ -14,16 +14,22 @@ from websockets.sync.client import connect as ws_connect
 
 from app.core.config import Settings
 from app.core.security import load_secret_key
-from tests.helpers import free_port
+from tests.helpers import PASSWORD, SECRET, LiveServer, free_port, register
+
+REPOSITORY = Path(__file__).resolve().parent.parent
 
 
-def run(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+def run(
+    env: dict[str, str], *args: str, stdin: str = "", cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
         input=stdin,
         capture_output=True,
         text=True,
-        env=env,
+        # This checkout's app, from whatever directory the command runs in.
+        env={**env, "PYTHONPATH": os.pathsep.join([str(REPOSITORY), env.get("PYTHONPATH", "")])},
+        cwd=cwd,
         timeout=60,
         check=False,
     )
@@ -87,3 +93,68 @@ def test_generated_key_is_kept_between_starts(tmp_path: Path) -> None:
     assert load_secret_key(settings) == first
     assert len(first) >= 32
     assert (tmp_path / "chatroom.secret").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("token", "alice"),
+        ("create-user", "alice", "--password-stdin"),
+        ("set-password", "alice", "--password-stdin"),
+        ("serve", "--no-migrate"),
+    ],
+)
+def test_a_command_away_from_the_database_says_so_in_one_line_and_creates_nothing(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """Run from another directory than the server's: the default ./chatroom.db is not there."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATROOM_")}
+    result = run(env, *args, stdin="password123\n", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"chatroom: no chatroom database at sqlite+aiosqlite:///{tmp_path / 'chatroom.db'} "
+        "(not migrated): run `chatroom migrate` or set CHATROOM_DATABASE_URL"
+    ]
+    assert list(tmp_path.iterdir()) == [], "an empty database or key was left behind"
+
+
+def test_a_database_not_at_head_is_named_in_one_line(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "cli.db").touch()  # what the commands used to leave behind
+    result = run(env, "token", "alice")
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(
+        f"chatroom: the chatroom database at sqlite+aiosqlite:///{tmp_path / 'cli.db'} is at "
+        "revision none, not at ['"
+    )
+    assert line.endswith("']: run `chatroom migrate` or set CHATROOM_DATABASE_URL")
+
+
+async def test_set_password_is_the_way_back_in(server: LiveServer) -> None:
+    env = {
+        **os.environ,
+        "CHATROOM_DATABASE_URL": server.settings.database_url,
+        "CHATROOM_SECRET_KEY": SECRET,
+    }
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        old_token = await register(http, "alice")
+        assert (
+            run(env, "set-password", "nobody", "--password-stdin", stdin="x" * 12).returncode == 1
+        )
+        short = run(env, "set-password", "alice", "--password-stdin", stdin="short\n")
+        assert short.returncode == 2 and "password" in short.stderr
+        changed = run(env, "set-password", "alice", "--password-stdin", stdin="a new password\n")
+        assert changed.returncode == 0, changed.stderr
+        refused = await http.post("/auth/token", data={"username": "alice", "password": PASSWORD})
+        assert refused.status_code == 401
+        # Tokens issued before the change are refused, as after POST /auth/password.
+        old = await http.get("/rooms", headers={"Authorization": f"Bearer {old_token}"})
+        assert old.status_code == 401
+        fresh = await http.post(
+            "/auth/token", data={"username": "alice", "password": "a new password"}
+        )
+        assert fresh.status_code == 200
+        token = fresh.json()["access_token"]
+        assert (
+            await http.get("/rooms", headers={"Authorization": f"Bearer {token}"})
+        ).status_code == 200
