@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import WebSocketRequestValidationError
 from fastapi.staticfiles import StaticFiles
 
+from app.api import errors
 from app.api.deps import Services
 from app.api.headers import SecurityHeaders
 from app.api.routes import auth, history, pages, rooms, websocket
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (auth, history, rooms, pages):
         app.include_router(module.router)
     app.add_exception_handler(WebSocketRequestValidationError, websocket.refuse_invalid_handshake)  # type: ignore[arg-type]
+    errors.install(app)
     app.mount("/static", StaticFiles(directory=resource("static")), name="static")
     docs = (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
     app.add_middleware(SecurityHeaders, exempt_paths=docs)

@@ -150,3 +150,48 @@ async def test_rooms_lists_active_rooms_newest_first(server: LiveServer) -> None
         nothing = create_access_token("alice", key=SECRET, minutes=5, rooms=[])
         none = await http.get("/rooms", headers={"Authorization": f"Bearer {nothing}"})
         assert none.json() == {"rooms": []}
+
+
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+
+async def test_a_page_address_that_names_nothing_answers_a_page_with_a_way_back(
+    server: LiveServer,
+) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        await register(http, "alice")
+        await http.post("/login", data={"username": "alice", "password": PASSWORD})
+        for path, accept in [
+            ("/chat/my%20room", BROWSER_ACCEPT),
+            ("/chat/my%20room", "*/*"),  # a page's route answers a page whatever is asked
+            ("/chat/a%2Fb", BROWSER_ACCEPT),  # no route at all: a browser asks for HTML
+            ("/no-such-page", BROWSER_ACCEPT),
+        ]:
+            response = await http.get(path, headers={"Accept": accept})
+            assert response.status_code == 404, path
+            assert response.headers["content-type"].startswith("text/html"), path
+            assert "There is no page at this address." in response.text
+            assert '<a href="/chat">Back to your rooms</a>' in response.text
+            if path.startswith("/chat/"):
+                assert "Item ids are 1 to 64 letters" in response.text
+        wrong_method = await http.get("/logout", headers={"Accept": BROWSER_ACCEPT})
+        assert wrong_method.status_code == 405 and "Back to your rooms" in wrong_method.text
+        assert wrong_method.headers["allow"] == "POST"
+
+
+async def test_api_errors_stay_json_even_for_a_browser(http: httpx.AsyncClient) -> None:
+    token = await register(http, "alice")
+    html = {"Accept": BROWSER_ACCEPT}
+    unknown = await http.get("/chat/a%2Fb", headers={"Accept": "application/json"})
+    assert unknown.status_code == 404 and unknown.json() == {"detail": "Not Found"}
+    unauthenticated = await http.get("/rooms", headers=html)
+    assert unauthenticated.status_code == 401 and unauthenticated.json()["detail"]
+    invalid = await http.get(
+        "/items/my%20room/messages", headers={**html, "Authorization": f"Bearer {token}"}
+    )
+    assert invalid.status_code == 422 and invalid.json()["detail"][0]["loc"] == [
+        "path",
+        "item_id",
+    ]
+    bad_body = await http.post("/auth/register", json={"username": "x"}, headers=html)
+    assert bad_body.status_code == 422 and "detail" in bad_body.json()

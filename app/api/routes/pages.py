@@ -37,6 +37,13 @@ router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=resource("templates"))
 
 BrowserUser = Annotated[Identity | None, Depends(optional_identity)]
+ROOM_RULE = "Item ids are 1 to 64 letters, digits, '.', '_', ':' or '-'."
+
+
+def serves(route: object) -> bool:
+    """Whether route, as matched for a request, is one of these pages."""
+    endpoint = getattr(route, "endpoint", None)
+    return any(endpoint is page.endpoint for page in router.routes if hasattr(page, "endpoint"))
 
 
 def _safe_next(target: str | None) -> str:
@@ -216,7 +223,7 @@ async def chat_home(
         room="",
         code=status.HTTP_400_BAD_REQUEST,
         room_query=room,
-        room_error="Item ids are 1 to 64 letters, digits, '.', '_', ':' or '-'.",
+        room_error=ROOM_RULE,
     )
 
 
