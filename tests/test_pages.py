@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
 
 from app.core.security import create_access_token
 from tests.helpers import PASSWORD, SECRET, LiveServer, join, register
@@ -195,3 +197,50 @@ async def test_api_errors_stay_json_even_for_a_browser(http: httpx.AsyncClient) 
     ]
     bad_body = await http.post("/auth/register", json={"username": "x"}, headers=html)
     assert bad_body.status_code == 422 and "detail" in bad_body.json()
+
+
+async def test_account_page_changes_the_password_and_renews_the_cookie(
+    server: LiveServer,
+) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        assert (await http.get("/account")).headers["location"] == "/login?next=/account"
+        old_token = await register(http, "alice")
+        await http.post("/login", data={"username": "alice", "password": PASSWORD})
+        form = await http.get("/account")
+        assert form.status_code == 200 and 'name="current_password"' in form.text
+        socket = await join(server, "r1", old_token)
+
+        async def post(current: str, new: str, repeat: str | None = None) -> httpx.Response:
+            data = {"current_password": current, "new_password": new}
+            return await http.post("/account", data={**data, "repeat_password": repeat or new})
+
+        for response, code, error in [
+            (await post("not my password", "a new password"), 403, "current password is wrong"),
+            (await post(PASSWORD, "a new password", "a new passwort"), 400, "passwords differ"),
+            (await post(PASSWORD, "short"), 400, "New passwords are 8 to"),
+        ]:
+            assert response.status_code == code and error in response.text
+            assert "set-cookie" not in response.headers
+        changed = await post(PASSWORD, "a new password")
+        assert changed.status_code == 303 and changed.headers["location"] == "/account?changed=1"
+        assert changed.headers["set-cookie"].startswith("session=")
+        assert "Your password is changed" in (await http.get("/account?changed=1")).text
+        assert (await http.get("/chat")).status_code == 200  # the fresh cookie
+        # As POST /auth/password: the old token is refused and its socket closed.
+        old = await http.get("/rooms", headers={"Authorization": f"Bearer {old_token}"})
+        assert old.status_code == 401
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await socket.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.reason == "password changed"
+        login = await http.post(
+            "/auth/token", data={"username": "alice", "password": "a new password"}
+        )
+        assert login.status_code == 200
+
+
+async def test_chat_page_links_to_the_account_page(server: LiveServer) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        await register(http, "alice")
+        await http.post("/login", data={"username": "alice", "password": PASSWORD})
+        assert 'href="/account"' in (await http.get("/chat/r1")).text

@@ -83,15 +83,22 @@ async def _login_or_429(
 ) -> User | None:
     """The user if the password matches; HTTP 429 after too many recent failures."""
     try:
-        return await login(
-            db,
-            services.login_throttle,
-            username=username,
-            password=password,
-            address=client_address(request),
-        )
+        return await _verify(request, db, services, username, password)
     except LoginThrottled as exc:
         raise too_many_failures(exc) from None
+
+
+async def _verify(
+    request: Request, db: AsyncSession, services: Services, username: str, password: str
+) -> User | None:
+    """The user if the password matches; LoginThrottled after too many recent failures."""
+    return await login(
+        db,
+        services.login_throttle,
+        username=username,
+        password=password,
+        address=client_address(request),
+    )
 
 
 class PasswordChange(BaseModel):
@@ -117,9 +124,39 @@ async def change_password_route(
 
     Answers a fresh token, so the caller stays signed in.
     """
-    user = await _login_or_429(request, db, services, identity.username, body.current_password)
-    if user is None:
+    try:
+        token = await renew_password(
+            request,
+            db,
+            services,
+            username=identity.username,
+            current_password=body.current_password,
+            new_password=body.new_password,
+        )
+    except LoginThrottled as exc:
+        raise too_many_failures(exc) from None
+    if token is None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "wrong current password")
-    await change_password(db, user=user, password=body.new_password)
+    return token
+
+
+async def renew_password(
+    request: Request,
+    db: AsyncSession,
+    services: Services,
+    *,
+    username: str,
+    current_password: str,
+    new_password: str,
+) -> TokenOut | None:
+    """Set a new password when current_password is right: every earlier token stops working
+    and the user's open sockets close. A fresh token; None for a wrong current password.
+
+    Raises LoginThrottled after too many failures (a wrong current password is one).
+    """
+    user = await _verify(request, db, services, username, current_password)
+    if user is None:
+        return None
+    await change_password(db, user=user, password=new_password)
     await services.chat.revoke(user.username)
     return issue_token(services, user.username)
