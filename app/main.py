@@ -12,7 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from app.api import errors
 from app.api.deps import Services
 from app.api.headers import SecurityHeaders
-from app.api.routes import auth, history, pages, rooms, websocket
+from app.api.routes import auth, docs, history, pages, rooms, websocket
 from app.chat.broker import create_broker
 from app.chat.hub import Hub
 from app.chat.presence import create_presence
@@ -77,7 +77,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await engine.dispose()
 
-    app = FastAPI(title="chatroom", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="chatroom",
+        version="0.1.0",
+        description=docs.DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # docs.install serves them without a CDN
+        redoc_url=None,  # ReDoc needs inline styles: the Swagger UI at /docs serves instead
+    )
     # The room socket's routes go on the app's own router, and first: FastAPI keeps the
     # frames of an included router's dispatch, and of every router tried before the match,
     # for as long as a socket lives: 0.4 KiB per idle socket (bench/README.md).
@@ -87,6 +94,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(WebSocketRequestValidationError, websocket.refuse_invalid_handshake)  # type: ignore[arg-type]
     errors.install(app)
     app.mount("/static", StaticFiles(directory=resource("static")), name="static")
-    docs = (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
-    app.add_middleware(SecurityHeaders, exempt_paths=docs)
+    docs.install(app)
+    app.add_middleware(SecurityHeaders)
     return app

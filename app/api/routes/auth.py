@@ -11,7 +11,15 @@ from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import CurrentIdentity, Services, ServicesDep, SessionDep
-from app.api.schemas import PASSWORD_MAX_CHARS, PASSWORD_MIN_CHARS, Credentials, TokenOut, UserOut
+from app.api.schemas import (
+    NOT_AUTHENTICATED,
+    PASSWORD_MAX_CHARS,
+    PASSWORD_MIN_CHARS,
+    Credentials,
+    TokenOut,
+    UserOut,
+    error,
+)
 from app.core.models import User
 from app.core.security import create_access_token
 from app.core.throttle import LoginThrottled
@@ -29,7 +37,7 @@ def issue_token(services: Services, username: str) -> TokenOut:
 @router.post(
     "/register",
     status_code=status.HTTP_201_CREATED,
-    responses={403: {"description": "Registration is closed"}, 409: {"description": "Taken"}},
+    responses={403: error("Registration is closed"), 409: error("The username is taken")},
 )
 async def register(body: Credentials, db: SessionDep, services: ServicesDep) -> UserOut:
     """Create an account."""
@@ -57,8 +65,8 @@ def too_many_failures(exc: LoginThrottled) -> HTTPException:
 @router.post(
     "/token",
     responses={
-        401: {"description": "Wrong username or password"},
-        429: {"description": "Too many failed logins for this username or address"},
+        401: error("Wrong username or password"),
+        429: error("Too many failed logins for this username or address"),
     },
 )
 async def token(
@@ -109,8 +117,9 @@ class PasswordChange(BaseModel):
 @router.post(
     "/password",
     responses={
-        403: {"description": "Wrong current password"},
-        429: {"description": "Too many failed logins"},
+        **NOT_AUTHENTICATED,
+        403: error("Wrong current password"),
+        429: error("Too many failed logins"),
     },
 )
 async def change_password_route(
