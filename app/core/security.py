@@ -21,6 +21,7 @@ from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
 from app.core.config import Settings
+from app.core.models import JTI_MAX_CHARS
 
 logger = logging.getLogger("chatroom")
 
@@ -56,6 +57,7 @@ class TokenClaims:
     rooms: frozenset[str] | None  # None: every room
     issued_at: float | None  # seconds since the epoch
     expires_at: float
+    token_id: str | None = None  # jti: what signing out revokes
 
     def issued_before(self, moment: datetime | None) -> bool:
         """True when the token predates moment (a password change): it is revoked."""
@@ -78,6 +80,7 @@ def create_access_token(
         "sub": username,
         "iat": now.timestamp(),
         "exp": now + timedelta(minutes=minutes),
+        "jti": secrets.token_urlsafe(16),
     }
     if rooms is not None:
         claims["rooms"] = rooms
@@ -126,8 +129,11 @@ def decode_access_token(token: str, *, key: str) -> TokenClaims:
         raise InvalidToken("token not yet valid")
     username = claims.get("sub")
     rooms = claims.get("rooms")
+    token_id = claims.get("jti")
     if not isinstance(username, str):
         raise InvalidToken("subject is missing or not a string")
+    if token_id is not None and not (isinstance(token_id, str) and len(token_id) <= JTI_MAX_CHARS):
+        raise InvalidToken(f"jti is not a string of at most {JTI_MAX_CHARS} characters")
     if rooms is not None and not (
         isinstance(rooms, list) and all(isinstance(room, str) for room in rooms)
     ):
@@ -137,6 +143,7 @@ def decode_access_token(token: str, *, key: str) -> TokenClaims:
         rooms=frozenset(rooms) if rooms is not None else None,
         issued_at=issued_at,
         expires_at=expires_at,
+        token_id=token_id,
     )
 
 

@@ -120,6 +120,11 @@ async def change_password_route(
     user = await _login_or_429(request, db, services, identity.username, body.current_password)
     if user is None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "wrong current password")
-    await change_password(db, user=user, password=body.new_password)
-    await services.chat.revoke(user.username)
+    await change_password(
+        db,
+        user=user,
+        password=body.new_password,
+        token_minutes=services.settings.access_token_minutes,
+    )
+    await services.chat.check_credentials()  # here at once; other processes within a second
     return issue_token(services, user.username)
