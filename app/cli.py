@@ -1,4 +1,4 @@
-"""The `chatroom` command: serve, migrate, create-user, token."""
+"""The `chatroom` command: serve, migrate, create-user, delete-user, token."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from app.core.config import Settings
 from app.core.db import create_engine, create_session_factory
 from app.core.migrate import upgrade
 from app.core.security import create_access_token, load_secret_key
-from app.core.users import UsernameTaken, create_user, get_user
+from app.core.users import UsernameTaken, create_user, delete_user, get_user, is_deleted
 from app.server import uvicorn_options
 
 
@@ -36,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
+
+    delete = commands.add_parser(
+        "delete-user",
+        help="delete an account and close its sockets on every server (its messages stay)",
+    )
+    delete.add_argument("name")
 
     token = commands.add_parser("token", help="print an access token for a user")
     token.add_argument("name")
@@ -60,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "create-user":
         return asyncio.run(_create_user(settings, args.name, _read_password(args.password_stdin)))
+    if args.command == "delete-user":
+        return asyncio.run(_delete_user(settings, args.name))
     return asyncio.run(_print_token(settings, args.name, args.minutes, args.rooms))
 
 
@@ -113,6 +121,21 @@ async def _create_user(settings: Settings, name: str, password: str) -> int:
     return 0
 
 
+async def _delete_user(settings: Settings, name: str) -> int:
+    engine = create_engine(settings.database_url)
+    try:
+        async with create_session_factory(engine)() as session:
+            user = await get_user(session, username=name)
+            if user is None or is_deleted(user):
+                print(f"no user {name!r}", file=sys.stderr)
+                return 1
+            await delete_user(session, user=user, token_minutes=settings.access_token_minutes)
+    finally:
+        await engine.dispose()
+    print(f"deleted {name}: their sockets close within a second; their messages stay")
+    return 0
+
+
 async def _print_token(
     settings: Settings, name: str, minutes: int | None, rooms: list[str] | None
 ) -> int:
@@ -122,7 +145,7 @@ async def _print_token(
             user = await get_user(session, username=name)
     finally:
         await engine.dispose()
-    if user is None:
+    if user is None or is_deleted(user):
         print(f"no user {name!r}", file=sys.stderr)
         return 1
     print(

@@ -1,11 +1,11 @@
 """Revoked tokens: recorded in the database, learnt by every server process within a second.
 
-A password change and a sign-out each add a row to `revocations`. Every
+A password change, a deleted account and a sign-out each add a row to `revocations`. Every
 server process reads the rows after the last one it saw (one query on the primary key, once
 a second, from the chat service's sweep) and keeps the live ones in memory: a handshake
 checks them without a query, and the sweep closes the sockets they revoke. The table, not
-the broker, carries them, so that another process than the servers (the `chatroom`
-command) can revoke too, whatever the broker: a memory:// broker reaches no other process.
+the broker, carries them, because `chatroom delete-user` is another process than the
+servers, and a memory:// broker reaches no other process.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from app.core.security import TokenClaims
 
 # Close reasons (docs/protocol.md).
 PASSWORD_CHANGED = "password changed"  # noqa: S105 (a close reason, not a password)
+ACCOUNT_DELETED = "account deleted"
 SIGNED_OUT = "signed out"
 
 # Held while a row is inserted, on PostgreSQL (any fixed number; see record()).

@@ -44,8 +44,11 @@ def hash_password(password: str) -> str:
 
 
 def verify_password(password: str, password_hash: str | None) -> bool:
-    """True when password matches; always spends one Argon2 verification."""
-    if password_hash is None:
+    """True when password matches; always spends one Argon2 verification.
+
+    None or "" (a deleted account) matches no password.
+    """
+    if not password_hash:
         _hasher.verify(password, _DUMMY_HASH)
         return False
     return _hasher.verify(password, password_hash)

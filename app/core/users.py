@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.models import User, utcnow
-from app.core.revocations import PASSWORD_CHANGED, record
+from app.core.revocations import ACCOUNT_DELETED, PASSWORD_CHANGED, record
 from app.core.security import hash_password, verify_password
 from app.core.throttle import LoginThrottle
 
 USER_CACHE_SECONDS = 5.0  # how stale a handshake's view of an account may be
+# tokens_valid_after of a deleted account: every token was issued before it.
+DELETED = datetime.max.replace(tzinfo=UTC)
 
 
 class UserCache:
@@ -87,6 +89,21 @@ async def change_password(
     user.password_hash = await asyncio.to_thread(hash_password, password)
     user.tokens_valid_after = utcnow()
     await _revoke_all(session, user, PASSWORD_CHANGED, token_minutes)
+
+
+async def delete_user(session: AsyncSession, *, user: User, token_minutes: int) -> None:
+    """Close the account: no password opens it, and every token of it is refused.
+
+    The row stays, so the name stays taken: the user's messages stay in history under it,
+    and no one can register it and appear as their author.
+    """
+    user.password_hash = ""  # no hash: verify_password refuses every password
+    user.tokens_valid_after = DELETED
+    await _revoke_all(session, user, ACCOUNT_DELETED, token_minutes)
+
+
+def is_deleted(user: User) -> bool:
+    return user.tokens_valid_after == DELETED
 
 
 async def _revoke_all(session: AsyncSession, user: User, reason: str, token_minutes: int) -> None:

@@ -1,7 +1,12 @@
 """Two workers, one room: what is said on one is heard on the other; presence is shared;
-a revocation made on one worker reaches the other."""
+a revocation made on one worker, or by the `chatroom` command, reaches the other."""
 
 from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -104,6 +109,29 @@ async def _closed_with(client: ChatClient) -> tuple[int, str]:
             await client.recv(timeout=15)
     assert closed.value.rcvd is not None
     return closed.value.rcvd.code, closed.value.rcvd.reason
+
+
+async def test_delete_user_closes_sockets_on_every_worker(cluster: Cluster) -> None:
+    a, b = cluster.start(2)
+    tokens = await cluster.register("alice")
+    room = new_room()
+    on_a, _, _ = await cluster.join(a, room, tokens["alice"])
+    on_b, _, _ = await cluster.join(b, room, tokens["alice"])
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CHATROOM_")}
+    deleted = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "app.cli", "delete-user", "alice"],
+        env={**base, "CHATROOM_DATABASE_URL": cluster.database_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert deleted.returncode == 0, deleted.stderr
+    assert await _closed_with(on_a) == (1008, "account deleted")
+    assert await _closed_with(on_b) == (1008, "account deleted")
+    for worker in (a, b):
+        with pytest.raises(InvalidStatus):
+            await cluster.connect(worker, room, tokens["alice"])
 
 
 async def test_logout_revokes_the_cookie_on_every_worker(cluster: Cluster) -> None:
