@@ -1,4 +1,4 @@
-"""The `chatroom` command: serve, migrate, create-user, set-password, token."""
+"""The `chatroom` command: serve, migrate, create-user, set-password, delete-user, token."""
 
 from __future__ import annotations
 
@@ -18,7 +18,14 @@ from app.core.config import Settings
 from app.core.db import create_engine, create_session_factory
 from app.core.migrate import NotMigrated, ensure_at_head, upgrade
 from app.core.security import create_access_token, load_secret_key
-from app.core.users import UsernameTaken, change_password, create_user, get_user
+from app.core.users import (
+    UsernameTaken,
+    change_password,
+    create_user,
+    delete_user,
+    get_user,
+    is_deleted,
+)
 from app.server import uvicorn_options
 
 
@@ -43,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument(
             "--password-stdin", action="store_true", help="read the password from standard input"
         )
+
+    delete = commands.add_parser(
+        "delete-user",
+        help="delete an account and close its sockets on every server (its messages stay)",
+    )
+    delete.add_argument("name")
 
     token = commands.add_parser("token", help="print an access token for a user")
     token.add_argument("name")
@@ -74,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_create_user(settings, args.name, args.password_stdin))
         if args.command == "set-password":
             return asyncio.run(_set_password(settings, args.name, args.password_stdin))
+        if args.command == "delete-user":
+            return asyncio.run(_delete_user(settings, args.name))
         return asyncio.run(_print_token(settings, args.name, args.minutes, args.rooms))
     except NotMigrated as exc:  # the usual cause: run from another directory than the server
         print(f"chatroom: {exc}", file=sys.stderr)
@@ -160,8 +175,24 @@ async def _set_password(settings: Settings, name: str, from_stdin: bool) -> int:
         if credentials is None:
             return 2
         # As POST /auth/password: every token issued before now is refused from now on.
-        await change_password(session, user=user, password=credentials.password)
+        await change_password(
+            session,
+            user=user,
+            password=credentials.password,
+            token_minutes=settings.access_token_minutes,
+        )
     print(f"password of {name} changed; tokens issued before now are refused")
+    return 0
+
+
+async def _delete_user(settings: Settings, name: str) -> int:
+    async with _database(settings) as session:
+        user = await get_user(session, username=name)
+        if user is None or is_deleted(user):
+            print(f"no user {name!r}", file=sys.stderr)
+            return 1
+        await delete_user(session, user=user, token_minutes=settings.access_token_minutes)
+    print(f"deleted {name}: their sockets close within a second; their messages stay")
     return 0
 
 
@@ -170,7 +201,7 @@ async def _print_token(
 ) -> int:
     async with _database(settings) as session:
         user = await get_user(session, username=name)
-    if user is None:
+    if user is None or is_deleted(user):
         print(f"no user {name!r}", file=sys.stderr)
         return 1
     print(

@@ -21,6 +21,7 @@ from app.core.config import Settings, resource
 from app.core.db import create_engine, create_session_factory
 from app.core.logs import install_redaction
 from app.core.migrate import ensure_at_head
+from app.core.revocations import Revocations
 from app.core.security import load_secret_key
 from app.core.throttle import LoginThrottle
 from app.core.users import UserCache
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await ensure_at_head(engine)
             sessions = create_session_factory(engine)
             hub = Hub()
+            revocations = Revocations(sessions)
             chat = ChatService(
                 settings=settings,
                 engine=engine,
@@ -48,9 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 presence=create_presence(
                     settings.broker_url, hub, ttl_seconds=settings.presence_ttl_seconds
                 ),
+                revocations=revocations,
             )
-            users = UserCache(sessions)
-            chat.on_revoked(users.forget)
             await chat.start()
             services = Services(
                 settings=settings,
@@ -58,7 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 sessions=sessions,
                 secret_key=load_secret_key(settings),
                 chat=chat,
-                users=users,
+                revocations=revocations,
+                users=UserCache(sessions),
                 login_throttle=LoginThrottle(
                     per_username=settings.login_failures_per_username,
                     per_address=settings.login_failures_per_address,

@@ -1,7 +1,9 @@
-"""The `chatroom` command as a user runs it: migrate, create a user, mint a token, serve."""
+"""The `chatroom` command as a user runs it: migrate, create and delete users, mint a token,
+serve."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -10,11 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from app.core.config import Settings
 from app.core.security import load_secret_key
-from tests.helpers import PASSWORD, SECRET, LiveServer, free_port, register
+from tests.helpers import PASSWORD, SECRET, LiveServer, connect, free_port, join, register
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
@@ -158,3 +161,45 @@ async def test_set_password_is_the_way_back_in(server: LiveServer) -> None:
         assert (
             await http.get("/rooms", headers={"Authorization": f"Bearer {token}"})
         ).status_code == 200
+
+
+async def test_delete_user_closes_sockets_refuses_tokens_and_keeps_history(
+    server: LiveServer, http: httpx.AsyncClient, settings: Settings
+) -> None:
+    alice = await register(http, "alice")
+    bob = await register(http, "bob")
+    socket = await join(server, "r1", alice)
+    await socket.send("before I go")
+    assert (await socket.recv_type("message"))["body"] == "before I go"
+    env = {
+        **os.environ,
+        "CHATROOM_DATABASE_URL": settings.database_url,
+        "CHATROOM_SECRET_KEY": SECRET,
+    }
+    # Another process than the server, as an operator runs it.
+    deleted = await asyncio.to_thread(run, env, "delete-user", "alice")
+    assert deleted.returncode == 0, deleted.stderr
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            await socket.recv(timeout=10)
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1008, "account deleted")
+    # Refused at once, though the server looked alice up moments ago (and caches accounts).
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(server, "r1", alice)
+    assert refused.value.response.status_code == 403
+    assert (
+        await http.get("/rooms", headers={"Authorization": f"Bearer {alice}"})
+    ).status_code == 401
+    login = await http.post("/auth/token", data={"username": "alice", "password": PASSWORD})
+    assert login.status_code == 401
+    # Her name stays taken: no one else can pose as the author of what she wrote.
+    again = await http.post("/auth/register", json={"username": "alice", "password": PASSWORD})
+    assert again.status_code == 409
+    history = await http.get("/items/r1/messages", headers={"Authorization": f"Bearer {bob}"})
+    assert [(m["user"], m["body"]) for m in history.json()["messages"]] == [
+        ("alice", "before I go")
+    ]
+    twice = await asyncio.to_thread(run, env, "delete-user", "alice")
+    assert twice.returncode == 1 and "no user" in twice.stderr
+    assert run(env, "token", "alice").returncode == 1

@@ -166,6 +166,8 @@ async def renew_password(
     user = await _verify(request, db, services, username, current_password)
     if user is None:
         return None
-    await change_password(db, user=user, password=new_password)
-    await services.chat.revoke(user.username)
+    await change_password(
+        db, user=user, password=new_password, token_minutes=services.settings.access_token_minutes
+    )
+    await services.chat.check_credentials()  # here at once; other processes within a second
     return issue_token(services, user.username)

@@ -30,6 +30,7 @@ from app.api.schemas import (
     TokenOut,
 )
 from app.core.config import resource
+from app.core.revocations import sign_out
 from app.core.throttle import LoginThrottled
 from app.core.users import UsernameTaken, create_user
 from app.core.users import login as login_user
@@ -203,7 +204,10 @@ async def register(
 
 
 @router.post("/logout")
-async def logout() -> Response:
+async def logout(services: ServicesDep, db: SessionDep, identity: BrowserUser) -> Response:
+    if identity is not None:  # the cookie's token stops working too, here and everywhere
+        await sign_out(db, identity.claims)
+        await services.chat.check_credentials()
     response = RedirectResponse("/login", status.HTTP_303_SEE_OTHER)
     response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="lax")
     return response
