@@ -100,8 +100,9 @@ async def _identify(services: Services, token: str | None) -> Identity | None:
         return None
     if services.revocations.refusal(claims) is not None:
         return None
-    user = await services.users.get(claims.username)
-    if user is None or claims.issued_before(user.tokens_valid_after):
+    # A valid token for a user chatroom has not seen is a host's: the account is made now.
+    user = await services.users.get_or_create(claims.username)
+    if claims.issued_before(user.tokens_valid_after):  # deleted accounts included
         return None
     return Identity(user.username, claims)
 
