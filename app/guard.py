@@ -10,7 +10,9 @@ HTTP/1.1 with uvicorn's h11 protocol, whose buffer for an unfinished head is cap
 - a head over the cap is answered 431, where h11's protocol says only 400;
 - at the connection limit (uvicorn's `limit_concurrency`, CHATROOM_MAX_CONNECTIONS) a new
   connection closes the one that has waited longest on its client (a request not received
-  yet, or idle between requests), so that idle connections cannot lock everyone out.
+  yet, or idle between requests), so that idle connections cannot lock everyone out;
+- a WebSocket handshake refused by the websockets parser (a header line over 8192 bytes,
+  more than 128 headers) gets the answer websockets prepared, which uvicorn never writes.
 
 It overrides two hooks of uvicorn's H11Protocol (on_response_complete, send_400_response:
 were they renamed, idle connections would not give way and a long head would get 400) and reads
@@ -30,6 +32,8 @@ import h11
 from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
+
+from app.wire import PreparedFrameProtocol
 
 _WAITING_STATES = (h11.IDLE, h11.SEND_BODY)
 
@@ -145,3 +149,14 @@ class GuardedHttpProtocol(H11Protocol):
         if self.request_deadline is not None:
             self.request_deadline.cancel()
             self.request_deadline = None
+
+
+class GuardedWebSocketProtocol(PreparedFrameProtocol):
+    """chatroom's WebSocket protocol, answering a handshake that websockets could not parse."""
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.handshake_exc is not None and not self.transport.is_closing():
+            # websockets queued its answer (17.x: 431 or 414) or only the end of the stream.
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.transport.close()

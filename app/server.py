@@ -18,8 +18,7 @@ from types import FrameType
 from typing import Any
 
 from app.core.config import Settings
-from app.guard import GuardedHttpProtocol
-from app.wire import PreparedFrameProtocol
+from app.guard import GuardedHttpProtocol, GuardedWebSocketProtocol
 
 logger = logging.getLogger("chatroom")
 
@@ -76,8 +75,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "ws_ping_timeout": settings.ping_timeout_seconds or None,
         # Compression costs CPU per receiver, and chat frames are small.
         "ws_per_message_deflate": False,
-        # uvicorn's default protocol, plus writing a broadcast frame framed once (app/wire.py).
-        "ws": PreparedFrameProtocol,
+        # uvicorn's default protocol, plus writing a broadcast frame framed once (app/wire.py)
+        # and answering a handshake the websockets parser refuses (app/guard.py).
+        "ws": GuardedWebSocketProtocol,
         # h11, not uvicorn's default httptools: it caps a request head (app/guard.py).
         "http": functools.partial(
             GuardedHttpProtocol, request_timeout=settings.request_timeout_seconds
