@@ -31,6 +31,19 @@ def free_port() -> int:
         return port
 
 
+def wait_for_health(base_url: str, seconds: float = 20) -> None:
+    """Wait until a server started in another process answers /healthz."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(f"{base_url}/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "server did not come up"
+        time.sleep(0.1)
+
+
 class LiveServer:
     """uvicorn serving a fresh app on a real socket, in a thread of its own."""
 

@@ -45,6 +45,14 @@ class Settings(BaseSettings):
     login_failures_per_username: int = Field(default=5, ge=0)
     login_failures_per_address: int = Field(default=20, ge=0)
     login_lockout_seconds: float = Field(default=300.0, ge=0)
+    # Connections (see app/guard.py). A request must arrive whole within this time of the
+    # connection's opening (or of its first byte on a kept-alive connection): else 408.
+    request_timeout_seconds: float = Field(default=10.0, gt=0)
+    keep_alive_seconds: int = Field(default=5, ge=1)  # idle between requests, then closed
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)  # request line and headers: 431
+    # Open connections, WebSockets included; None: the open-file limit less a reserve; 0: off.
+    max_connections: int | None = Field(default=None, ge=0)
+    backlog: int = Field(default=2048, ge=1)  # connections the kernel queues before accept
     host: str = "127.0.0.1"
     port: int = 8080
 
