@@ -43,6 +43,11 @@ def parse_client_frame(text: str, *, max_chars: int) -> ClientMessage:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise FrameError("invalid_json", f"frame is not valid JSON: {exc.msg}") from exc
+        except (ValueError, RecursionError) as exc:
+            # Valid JSON that Python refuses: an integer of more digits than
+            # sys.get_int_max_str_digits(), or nesting deeper than the recursion limit.
+            detail = "nested too deeply" if isinstance(exc, RecursionError) else "number too long"
+            raise FrameError("invalid_json", f"frame is not valid JSON: {detail}") from exc
         return _parse_object(data, max_chars=max_chars)
     return ClientMessage(body=_check_body(text, max_chars=max_chars))
 
