@@ -1,13 +1,14 @@
-"""What sockets that never read can make the server hold.
+"""What sockets that never read can make the server hold, and for how long.
 
 Sockets that ask for a room's whole history (`?since=0`) and then read nothing: the server
 holds at most a send buffer's worth for each (CHATROOM_SEND_BUFFER_BYTES; the history frame
-takes at most half of it), and the replay cache its own budget. Memory is the server's as
-tracemalloc sees it: the server runs in this process, in a thread.
+takes at most half of it), and lets go of it once the heartbeat gives up on them. Memory is
+the server's as tracemalloc sees it: the server runs in this process, in a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gc
 import os
@@ -115,6 +116,56 @@ async def test_sockets_that_never_read_hold_at_most_their_send_buffer(
     before = traced()
     await flood.open_silent_sockets()
     assert traced() - before < SILENT * settings.send_buffer_bytes
+
+
+@pytest.mark.parametrize(
+    "flood", [{"ping_interval_seconds": 0.5, "ping_timeout_seconds": 0.5}], indirect=True
+)
+async def test_sockets_that_never_read_are_dropped_and_let_go_of(flood: Flood) -> None:
+    before = traced()
+    await flood.open_silent_sockets()
+    # The heartbeat gives up on them (their pings wait behind the unread history), and the
+    # server drops them: the room is told they left, and nothing of theirs is held.
+    await flood.notices("leave")
+    assert traced() - before < 1024 * 1024
+
+
+def server_holds(server: LiveServer, sock: socket.socket) -> bool:
+    """The server's end of sock's connection is still open (ESTABLISHED in /proc/net/tcp)."""
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    ends = {(int(r[1].split(":")[1], 16), int(r[2].split(":")[1], 16), r[3]) for r in rows}
+    return (server.port, sock.getsockname()[1], "01") in ends
+
+
+async def let_go_of(server: LiveServer, sock: socket.socket) -> bool:
+    """Whether the server drops sock's connection within a minute (polled: nothing tells)."""
+    for _ in range(600):
+        if not server_holds(server, sock):
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize(
+    "flood",
+    [{"rate_limit": 0, "send_buffer_frames": 16, "ping_interval_seconds": 0}],
+    indirect=True,
+)
+async def test_a_socket_closed_for_not_reading_is_let_go_of(flood: Flood) -> None:
+    """Closed with 1013 while what it was sent still waits: its peer will never take the
+    close frame either, and the server does not wait for it for ever."""
+    await flood.open_silent_sockets(1)
+    left = False
+    while not left:  # talk until the server gives up on the silent socket
+        await flood.watcher.send("x" * 3900)
+        while True:
+            frame = await flood.watcher.recv()
+            left = left or (frame["type"] == "leave" and frame["user"] == "silent0")
+            if frame["type"] == "message":
+                break
+    [sock] = flood.sockets
+    assert await let_go_of(flood.server, sock)
 
 
 async def test_the_replay_cache_keeps_at_most_its_byte_budget(settings: Settings) -> None:
