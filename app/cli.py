@@ -1,4 +1,4 @@
-"""The `chatroom` command: serve, migrate, create-user, token."""
+"""The `chatroom` command: serve, migrate, create-user, set-password, delete-user, token."""
 
 from __future__ import annotations
 
@@ -7,15 +7,25 @@ import asyncio
 import getpass
 import logging
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.schemas import Credentials
 from app.core.config import Settings
 from app.core.db import create_engine, create_session_factory
-from app.core.migrate import upgrade
+from app.core.migrate import NotMigrated, ensure_at_head, upgrade
 from app.core.security import create_access_token, load_secret_key
-from app.core.users import UsernameTaken, create_user, get_user
+from app.core.users import (
+    UsernameTaken,
+    change_password,
+    create_user,
+    delete_user,
+    get_user,
+    is_deleted,
+)
 from app.server import uvicorn_options
 
 
@@ -31,11 +41,21 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("migrate", help="migrate the database to the newest revision")
 
-    create = commands.add_parser("create-user", help="create an account")
-    create.add_argument("name")
-    create.add_argument(
-        "--password-stdin", action="store_true", help="read the password from standard input"
+    for name, what in (
+        ("create-user", "create an account"),
+        ("set-password", "set a user's password; their earlier tokens stop working"),
+    ):
+        command = commands.add_parser(name, help=what)
+        command.add_argument("name")
+        command.add_argument(
+            "--password-stdin", action="store_true", help="read the password from standard input"
+        )
+
+    delete = commands.add_parser(
+        "delete-user",
+        help="delete an account and close its sockets on every server (its messages stay)",
     )
+    delete.add_argument("name")
 
     token = commands.add_parser("token", help="print an access token for a user")
     token.add_argument("name")
@@ -52,21 +72,35 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     settings = Settings()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
-    if args.command == "serve":
-        return _serve(settings, args)
-    if args.command == "migrate":
-        upgrade(settings.database_url)
-        return 0
-    if args.command == "create-user":
-        return asyncio.run(_create_user(settings, args.name, _read_password(args.password_stdin)))
-    return asyncio.run(_print_token(settings, args.name, args.minutes, args.rooms))
+    # Alembic's and uvicorn's progress for the long-running commands; the others say one line.
+    verbose = args.command in ("serve", "migrate")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s:     %(message)s"
+    )
+    try:
+        if args.command == "serve":
+            return _serve(settings, args)
+        if args.command == "migrate":
+            upgrade(settings.database_url)
+            return 0
+        if args.command == "create-user":
+            return asyncio.run(_create_user(settings, args.name, args.password_stdin))
+        if args.command == "set-password":
+            return asyncio.run(_set_password(settings, args.name, args.password_stdin))
+        if args.command == "delete-user":
+            return asyncio.run(_delete_user(settings, args.name))
+        return asyncio.run(_print_token(settings, args.name, args.minutes, args.rooms))
+    except NotMigrated as exc:  # the usual cause: run from another directory than the server
+        print(f"chatroom: {exc}", file=sys.stderr)
+        return 1
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
-    if not args.no_migrate:
+    if args.no_migrate:
+        asyncio.run(_check_database(settings))  # one line now, not a traceback per worker
+    else:
         upgrade(settings.database_url)
     if args.workers > 1 and settings.broker_url.startswith("memory"):
         logging.warning(
@@ -85,44 +119,89 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_password(from_stdin: bool) -> str:
-    if from_stdin:
-        return sys.stdin.readline().rstrip("\n")
-    password = getpass.getpass("Password: ")
-    if password != getpass.getpass("Repeat: "):
-        raise SystemExit("passwords differ")
-    return password
-
-
-async def _create_user(settings: Settings, name: str, password: str) -> int:
-    try:
-        credentials = Credentials(username=name, password=password)
-    except ValidationError as exc:
-        print(f"invalid: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}", file=sys.stderr)
-        return 2
+@asynccontextmanager
+async def _database(settings: Settings) -> AsyncIterator[AsyncSession]:
+    """A session on the server's database; NotMigrated, creating nothing, if it is not one."""
     engine = create_engine(settings.database_url)
     try:
+        await ensure_at_head(engine)
         async with create_session_factory(engine)() as session:
-            await create_user(session, username=credentials.username, password=credentials.password)
-    except UsernameTaken:
-        print(f"username {name!r} is taken", file=sys.stderr)
-        return 1
+            yield session
     finally:
         await engine.dispose()
+
+
+async def _check_database(settings: Settings) -> None:
+    async with _database(settings):
+        pass
+
+
+def _read_credentials(name: str, from_stdin: bool) -> Credentials | None:
+    """The name with a password asked twice (or one line of stdin); None, said why, if invalid."""
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if password != getpass.getpass("Repeat: "):
+            raise SystemExit("passwords differ")
+    try:
+        return Credentials(username=name, password=password)
+    except ValidationError as exc:
+        print(f"invalid: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return None
+
+
+async def _create_user(settings: Settings, name: str, from_stdin: bool) -> int:
+    async with _database(settings) as session:
+        credentials = _read_credentials(name, from_stdin)
+        if credentials is None:
+            return 2
+        try:
+            await create_user(session, username=credentials.username, password=credentials.password)
+        except UsernameTaken:
+            print(f"username {name!r} is taken", file=sys.stderr)
+            return 1
     print(f"created {name}")
+    return 0
+
+
+async def _set_password(settings: Settings, name: str, from_stdin: bool) -> int:
+    async with _database(settings) as session:
+        user = await get_user(session, username=name)
+        if user is None:
+            print(f"no user {name!r}", file=sys.stderr)
+            return 1
+        credentials = _read_credentials(name, from_stdin)
+        if credentials is None:
+            return 2
+        # As POST /auth/password: every token issued before now is refused from now on.
+        await change_password(
+            session,
+            user=user,
+            password=credentials.password,
+            token_minutes=settings.access_token_minutes,
+        )
+    print(f"password of {name} changed; tokens issued before now are refused")
+    return 0
+
+
+async def _delete_user(settings: Settings, name: str) -> int:
+    async with _database(settings) as session:
+        user = await get_user(session, username=name)
+        if user is None or is_deleted(user):
+            print(f"no user {name!r}", file=sys.stderr)
+            return 1
+        await delete_user(session, user=user, token_minutes=settings.access_token_minutes)
+    print(f"deleted {name}: their sockets close within a second; their messages stay")
     return 0
 
 
 async def _print_token(
     settings: Settings, name: str, minutes: int | None, rooms: list[str] | None
 ) -> int:
-    engine = create_engine(settings.database_url)
-    try:
-        async with create_session_factory(engine)() as session:
-            user = await get_user(session, username=name)
-    finally:
-        await engine.dispose()
-    if user is None:
+    async with _database(settings) as session:
+        user = await get_user(session, username=name)
+    if user is None or is_deleted(user):
         print(f"no user {name!r}", file=sys.stderr)
         return 1
     print(

@@ -9,9 +9,10 @@ from fastapi import FastAPI
 from fastapi.exceptions import WebSocketRequestValidationError
 from fastapi.staticfiles import StaticFiles
 
+from app.api import errors
 from app.api.deps import Services
 from app.api.headers import SecurityHeaders
-from app.api.routes import auth, history, pages, rooms, websocket
+from app.api.routes import auth, docs, history, pages, rooms, websocket
 from app.chat.broker import create_broker
 from app.chat.hub import Hub
 from app.chat.presence import create_presence
@@ -20,6 +21,7 @@ from app.core.config import Settings, resource
 from app.core.db import create_engine, create_session_factory
 from app.core.logs import install_redaction
 from app.core.migrate import ensure_at_head
+from app.core.revocations import Revocations
 from app.core.security import load_secret_key
 from app.core.throttle import LoginThrottle
 from app.core.users import UserCache
@@ -38,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await ensure_at_head(engine)
             sessions = create_session_factory(engine)
             hub = Hub()
+            revocations = Revocations(sessions)
             chat = ChatService(
                 settings=settings,
                 engine=engine,
@@ -47,9 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 presence=create_presence(
                     settings.broker_url, hub, ttl_seconds=settings.presence_ttl_seconds
                 ),
+                revocations=revocations,
             )
-            users = UserCache(sessions)
-            chat.on_revoked(users.forget)
             await chat.start()
             services = Services(
                 settings=settings,
@@ -57,7 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 sessions=sessions,
                 secret_key=load_secret_key(settings),
                 chat=chat,
-                users=users,
+                revocations=revocations,
+                users=UserCache(sessions),
                 login_throttle=LoginThrottle(
                     per_username=settings.login_failures_per_username,
                     per_address=settings.login_failures_per_address,
@@ -76,7 +79,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await engine.dispose()
 
-    app = FastAPI(title="chatroom", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="chatroom",
+        version="0.1.0",
+        description=docs.DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # docs.install serves them without a CDN
+        redoc_url=None,  # ReDoc needs inline styles: the Swagger UI at /docs serves instead
+    )
     # The room socket's routes go on the app's own router, and first: FastAPI keeps the
     # frames of an included router's dispatch, and of every router tried before the match,
     # for as long as a socket lives: 0.4 KiB per idle socket (bench/README.md).
@@ -84,7 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (auth, history, rooms, pages):
         app.include_router(module.router)
     app.add_exception_handler(WebSocketRequestValidationError, websocket.refuse_invalid_handshake)  # type: ignore[arg-type]
+    errors.install(app)
     app.mount("/static", StaticFiles(directory=resource("static")), name="static")
-    docs = (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
-    app.add_middleware(SecurityHeaders, exempt_paths=docs)
+    docs.install(app)
+    app.add_middleware(SecurityHeaders)
     return app

@@ -85,3 +85,6 @@ def settings_closed_server(settings):  # type: ignore[no-untyped-def]
 async def test_healthz(http: httpx.AsyncClient) -> None:
     response = await http.get("/healthz")
     assert response.status_code == 200
+    # Monitors and load balancers often probe with HEAD.
+    head = await http.head("/healthz")
+    assert head.status_code == 200 and head.content == b""

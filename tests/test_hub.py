@@ -13,7 +13,10 @@ from typing import Any, cast
 from starlette.websockets import WebSocket
 
 from app.chat.hub import Connection, Frame, Hub
+from app.core.security import TokenClaims
 from app.wire import PREPARED_FRAMES, prepared_frame
+
+TOKEN = TokenClaims(username="ann", rooms=None, issued_at=None, expires_at=0)
 
 
 class FakeSocket:
@@ -68,7 +71,7 @@ def join(
     hub: Hub, socket: FakeSocket, *, room: str = "r", max_frames: int = 0, skip_through: int = 0
 ) -> Connection:
     """A connection of socket in room, sending."""
-    connection = Connection(user="ann", room=room, max_frames=max_frames, max_bytes=0, expires_at=0)
+    connection = Connection(user="ann", room=room, max_frames=max_frames, max_bytes=0, token=TOKEN)
     hub.add(connection)
     connection.start(cast(WebSocket, socket), skip_through=skip_through, until=ended())
     return connection
@@ -94,7 +97,7 @@ async def test_frames_behind_a_waiting_send_arrive_once_and_in_order() -> None:
 
 async def test_frames_queued_before_the_replay_skip_what_it_held() -> None:
     socket = FakeSocket()
-    connection = Connection(user="ann", room="r", max_frames=0, max_bytes=0, expires_at=0)
+    connection = Connection(user="ann", room="r", max_frames=0, max_bytes=0, token=TOKEN)
     for message_id in (4, 5, 6):
         connection.offer([Frame(f"m{message_id}", message_id)])
     connection.offer([Frame("notice")])
@@ -122,7 +125,7 @@ async def test_an_outbox_over_its_limit_is_closed_1013_while_others_still_get_fr
 
 async def test_an_outbox_over_its_byte_limit_is_closed_1013() -> None:
     hub, slow = Hub(), FakeSocket()
-    connection = Connection(user="ann", room="r", max_frames=0, max_bytes=10, expires_at=0)
+    connection = Connection(user="ann", room="r", max_frames=0, max_bytes=10, token=TOKEN)
     hub.add(connection)
     slow.paused = True
     connection.start(cast(WebSocket, slow), skip_through=0, until=ended())
@@ -137,7 +140,7 @@ async def test_an_outbox_over_its_byte_limit_is_closed_1013() -> None:
 async def test_bytes_written_but_not_taken_count_against_the_byte_limit() -> None:
     """A history replay the peer has not read yet counts against the send buffer."""
     hub, slow = Hub(), FakeSocket(prepared=True)
-    connection = Connection(user="ann", room="r", max_frames=0, max_bytes=10, expires_at=0)
+    connection = Connection(user="ann", room="r", max_frames=0, max_bytes=10, token=TOKEN)
     hub.add(connection)
     slow.unsent, slow.paused = 8, True  # a replay of 8 bytes, unread; nothing more is taken
     connection.start(cast(WebSocket, slow), skip_through=0, until=ended())

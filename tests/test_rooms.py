@@ -80,12 +80,16 @@ async def test_plain_text_frame_is_a_message(server: LiveServer, http: httpx.Asy
     await alice.ws.send("  just text  ")
     frame = await alice.recv_type("message")
     assert frame["body"] == "just text"
+    await alice.ws.send("[draft] not JSON, so a message")
+    assert (await alice.recv_type("message"))["body"] == "[draft] not JSON, so a message"
 
 
 @pytest.mark.parametrize(
     "raw,code",
     [
         ("{not json", "invalid_json"),
+        ("[1]", "invalid_frame"),  # JSON, but no object: a client that meant a frame
+        (" 42 ", "invalid_frame"),
         ('{"type": "message", "body": 5}', "invalid_body"),
         ('{"type": "shout", "body": "x"}', "unknown_type"),
         ('{"type": "message"}', "invalid_body"),

@@ -123,3 +123,71 @@ async def test_socket_closes_when_its_token_expires(
             await client.recv(timeout=10)
     assert closed.value.rcvd is not None
     assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1008, "token expired")
+
+
+def _minted(claims: dict[str, object], headers: dict[str, object] | None = None) -> str:
+    """A token as a host sharing the secret might mint it, mistakes included."""
+    token: str = jwt.encode({"sub": "alice", **claims}, SECRET, "HS256", headers=headers)
+    return token
+
+
+LATER = int(time.time()) + 3600
+LENIENT_TOKENS = {
+    # Minted by a host whose clock (or code) is an hour ahead: it would outlive a password
+    # change made in that hour.
+    "iat in the future": _minted({"iat": time.time() + 3600, "exp": LATER + 3600}),
+    "exp as a string": _minted({"exp": str(LATER)}),
+    "exp of 2**70": _minted({"exp": 2**70}),
+    "exp as a list": _minted({"exp": [LATER]}),
+    "exp of Infinity": _minted({"exp": float("inf")}),
+    "unknown crit header": _minted({"exp": LATER}, {"crit": ["x-bind"], "x-bind": "device-7"}),
+}
+
+
+@pytest.mark.parametrize("token", LENIENT_TOKENS.values(), ids=LENIENT_TOKENS.keys())
+async def test_lenient_tokens_are_refused(
+    server: LiveServer, http: httpx.AsyncClient, token: str
+) -> None:
+    await register(http, "alice")
+    # The same host's well-formed token opens both, so the refusals below are the claims'.
+    good = _minted({"iat": time.time(), "exp": LATER})
+    assert (
+        await http.get("/rooms", headers={"Authorization": f"Bearer {good}"})
+    ).status_code == 200
+    await join(server, "r1", good)
+    assert (
+        await http.get("/rooms", headers={"Authorization": f"Bearer {token}"})
+    ).status_code == 401
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(server, "r1", token)
+    assert refused.value.response.status_code == 403
+
+
+async def test_logout_revokes_the_cookies_token_and_only_it(server: LiveServer) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        other_session = await register(http, "alice")
+        signed_in = await http.post("/login", data={"username": "alice", "password": PASSWORD})
+        assert signed_in.status_code == 303
+        token = http.cookies["session"]
+        socket = await connect(server, "r1", additional_headers={"Cookie": f"session={token}"})
+        await socket.join()
+        # Same-site, as the page's own form posts it.
+        assert (await http.post("/logout", headers={"Origin": server.url})).status_code == 303
+    # A copy of the cookie taken before (another tab, a stolen jar) opens nothing any more.
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            await socket.recv(timeout=10)
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1008, "signed out")
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        as_bearer = {"Authorization": f"Bearer {token}"}
+        assert (await http.get("/rooms", headers=as_bearer)).status_code == 401
+        as_cookie = {"Cookie": f"session={token}"}
+        assert (await http.get("/rooms", headers=as_cookie)).status_code == 401
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(server, "r1", token)
+        assert refused.value.response.status_code == 403
+        # The user's other sessions stay signed in.
+        other = {"Authorization": f"Bearer {other_session}"}
+        assert (await http.get("/rooms", headers=other)).status_code == 200
+    await join(server, "r1", other_session)

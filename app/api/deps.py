@@ -29,6 +29,7 @@ from starlette.requests import HTTPConnection
 from app.api.schemas import RoomId
 from app.chat.service import ChatService
 from app.core.config import Settings
+from app.core.revocations import Revocations
 from app.core.security import InvalidToken, TokenClaims, decode_access_token
 from app.core.throttle import LoginThrottle
 from app.core.users import UserCache
@@ -47,6 +48,7 @@ class Services:
     sessions: async_sessionmaker[AsyncSession]
     secret_key: str
     chat: ChatService
+    revocations: Revocations
     login_throttle: LoginThrottle
     users: UserCache
 
@@ -94,6 +96,8 @@ async def _identify(services: Services, token: str | None) -> Identity | None:
     try:
         claims = decode_access_token(token, key=services.secret_key)
     except InvalidToken:
+        return None
+    if services.revocations.refusal(claims) is not None:
         return None
     user = await services.users.get(claims.username)
     if user is None or claims.issued_before(user.tokens_valid_after):

@@ -2,8 +2,8 @@
 
 The pages load one stylesheet and one script from /static and talk to the same origin only
 (fetch and WebSocket: CSP Level 3 lets 'self' match ws:/wss: on the page's own host), so the
-policy allows nothing inline and nothing from elsewhere. FastAPI's interactive API docs load
-Swagger UI from a CDN with an inline script; their paths are exempt from the policy.
+policy allows nothing inline and nothing from elsewhere. A response that sets its own policy
+keeps it: the API docs add the hash of their one inline script (app/api/routes/docs.py).
 """
 
 from __future__ import annotations
@@ -13,10 +13,17 @@ from collections.abc import Awaitable, Iterable
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-)
+
+def content_security_policy(scripts: Iterable[str] = ()) -> str:
+    """The policy; scripts: more script-src sources (a 'sha256-...' hash)."""
+    script_src = " ".join(("'self'", *scripts))
+    return (
+        f"default-src 'self'; script-src {script_src}; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    )
+
+
+CONTENT_SECURITY_POLICY = content_security_policy()
 HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
@@ -28,9 +35,8 @@ HEADERS = {
 class SecurityHeaders:
     """ASGI middleware setting HEADERS on HTTP responses (not on WebSocket handshakes)."""
 
-    def __init__(self, app: ASGIApp, *, exempt_paths: Iterable[str | None] = ()) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.exempt = frozenset(path for path in exempt_paths if path)
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] != "http":
@@ -39,14 +45,10 @@ class SecurityHeaders:
         return self._http(scope, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        exempt = scope["path"] in self.exempt
-
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 for name, value in HEADERS.items():
-                    if exempt and name == "Content-Security-Policy":
-                        continue
                     headers.setdefault(name, value)
             await send(message)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Path
 from pydantic import BaseModel, Field
@@ -23,6 +23,21 @@ class Credentials(BaseModel):
 
 class UserOut(BaseModel):
     username: str
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+def error(description: str) -> dict[str, Any]:
+    """An error answer for `responses=` in the OpenAPI description."""
+    return {"model": ErrorOut, "description": description}
+
+
+# Every endpoint that needs a user (CurrentIdentity) may answer this.
+NOT_AUTHENTICATED: dict[int | str, dict[str, Any]] = {
+    401: error("Missing, malformed, expired or revoked credentials")
+}
 
 
 class TokenOut(BaseModel):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from starlette.status import WS_1013_TRY_AGAIN_LATER
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from app.core.security import TokenClaims
 from app.wire import prepare, send_texts, unsent_bytes, write_now
 
 logger = logging.getLogger("chatroom.hub")
@@ -47,17 +48,17 @@ class Connection:
         "_websocket",
         "_sender",
         "_until",
-        "expires_at",
+        "token",
         "close_code",
         "close_reason",
     )
 
     def __init__(
-        self, *, user: str, room: str, max_frames: int, max_bytes: int, expires_at: float
+        self, *, user: str, room: str, max_frames: int, max_bytes: int, token: TokenClaims
     ) -> None:
         self.user = user
         self.room = room
-        self.expires_at = expires_at  # when the token that opened the socket expires
+        self.token = token  # what opened the socket: it closes when that expires or is revoked
         self._outbox: list[Frame] = []  # frames waiting for the sender, oldest first
         self._outbox_bytes = 0
         self._max_frames = max_frames  # 0: no limit, as for max_bytes

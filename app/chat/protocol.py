@@ -38,7 +38,7 @@ class FrameError(Exception):
 
 
 def parse_client_frame(text: str, *, max_chars: int) -> ClientMessage:
-    """A JSON `message` frame, or any other text taken whole as the body."""
+    """A JSON `message` frame, or any text that is not JSON taken whole as the body."""
     stripped = text.lstrip()
     if stripped.startswith("{"):
         try:
@@ -51,12 +51,21 @@ def parse_client_frame(text: str, *, max_chars: int) -> ClientMessage:
             detail = "nested too deeply" if isinstance(exc, RecursionError) else "number too long"
             raise FrameError("invalid_json", f"frame is not valid JSON: {detail}") from exc
         return _parse_object(data, max_chars=max_chars)
+    if _is_json(stripped):
+        # `[1]` or `42` is a client that meant a frame, not a message that reads like code.
+        raise FrameError("invalid_frame", "frame must be a JSON object (or text that is not JSON)")
     return ClientMessage(body=_check_body(text, max_chars=max_chars))
 
 
-def _parse_object(data: Any, *, max_chars: int) -> ClientMessage:
-    if not isinstance(data, dict):
-        raise FrameError("invalid_frame", "frame must be a JSON object")
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):  # not JSON; or nested or numbered beyond our reading
+        return False
+    return True
+
+
+def _parse_object(data: dict[str, Any], *, max_chars: int) -> ClientMessage:
     kind = data.get("type")
     if kind != "message":
         raise FrameError("unknown_type", f"unknown frame type {kind!r}; expected 'message'")

@@ -37,16 +37,17 @@ from app.chat.ratelimit import TokenBucket
 from app.chat.recent import RecentHistory
 from app.chat.store import MessageWriter, Stored, StoreFailed, frames_after, history_page
 from app.core.config import Settings
+from app.core.revocations import Revocations
+from app.core.security import TokenClaims
 from app.wire import send_texts
 
 logger = logging.getLogger("chatroom.chat")
 
 SINCE_REPLAY_LIMIT = 1000  # messages replayed for ?since=; beyond it the client pages by REST
 MAX_IN_FLIGHT = 16  # a connection's messages awaiting commit before it stops reading
-# A broker channel no room can have ("!" is not allowed in item ids): revoked usernames.
-REVOCATIONS = "!revoked"
 CLOSE_TIMEOUT_SECONDS = 5.0  # how long a close handshake may take before we move on
-EXPIRY_SWEEP_SECONDS = 1.0  # a socket closes at most this long after its token expires
+# A socket closes at most this long after its token expires, or is revoked anywhere.
+EXPIRY_SWEEP_SECONDS = 1.0
 
 
 class ChatService:
@@ -61,8 +62,10 @@ class ChatService:
         hub: Hub,
         broker: Broker,
         presence: Presence,
+        revocations: Revocations,
     ) -> None:
         self.settings = settings
+        self.revocations = revocations
         self.hub = hub
         self.broker = broker
         self.presence = presence
@@ -86,9 +89,10 @@ class ChatService:
         self._all_done.set()
         self._stopped = False
         self._expiry: asyncio.Task[None] | None = None
-        self._revoked_callbacks: list[Callable[[str], None]] = []
+        self._revocations_failing = False
 
     async def start(self) -> None:
+        await self.revocations.refresh()
         await self.broker.start(self.deliver, self._catch_up)
         await self.presence.start(self._announce)
         self.writer.start()
@@ -109,38 +113,34 @@ class ChatService:
         await self.presence.stop()
         await self.broker.stop()
 
-    def on_revoked(self, callback: Callable[[str], None]) -> None:
-        """Call callback(user) whenever a user's credentials are revoked, on any worker."""
-        self._revoked_callbacks.append(callback)
-
-    async def revoke(self, user: str) -> None:
-        """The user's tokens were revoked: close their sockets on every worker."""
-        self._revoked(user)  # here at once; the broker's echo of it changes nothing
+    async def check_credentials(self) -> None:
+        """Learn the revocations recorded since the last check, by any process, and close
+        each socket whose token has expired or is revoked."""
         try:
-            await self.broker.publish_many([(REVOCATIONS, Frame(user))])
-        except Exception as exc:  # other workers' caches still expire within seconds
-            logger.warning("could not relay the revocation of %s: %s", user, exc)
-
-    def _revoked(self, user: str) -> None:
-        for callback in self._revoked_callbacks:
-            callback(user)
+            await self.revocations.refresh()
+        except Exception as exc:  # the database is away: expiry still closes sockets
+            if not self._revocations_failing:
+                logger.warning("could not read revocations: %s", exc)
+            self._revocations_failing = True
+        else:
+            self._revocations_failing = False
+        now = time.time()
         for connection in self.hub.connections():
-            if connection.user == user:
-                connection.abort(WS_1008_POLICY_VIOLATION, "password changed")
+            if connection.token.expires_at <= now:
+                connection.abort(WS_1008_POLICY_VIOLATION, "token expired")
+            elif reason := self.revocations.refusal(connection.token):
+                connection.abort(WS_1008_POLICY_VIOLATION, reason)
 
     async def _sweep(self) -> None:
-        """Close sockets whose token has expired, and forget refilled rate-limit buckets:
-        one sweep a second for all of them.
+        """Check every socket's credentials, and forget refilled rate-limit buckets: one
+        sweep a second for all of them.
 
         A long-lived socket must not outlive the credentials that opened it; a timer per
         socket would be exact, but costs more memory per idle socket than a second is worth.
         """
         while True:
             await asyncio.sleep(EXPIRY_SWEEP_SECONDS)
-            now = time.time()
-            for connection in self.hub.connections():
-                if connection.expires_at <= now:
-                    connection.abort(WS_1008_POLICY_VIOLATION, "token expired")
+            await self.check_credentials()
             # A rate-limit bucket outlives its user's sockets until it has refilled:
             # reconnecting must not reset the limit.
             for user in [u for u, b in self._buckets.items() if u not in self._sockets_of]:
@@ -151,12 +151,6 @@ class ChatService:
         """Every frame the broker brings, in order: keep the replays current, fan out."""
         by_room: dict[str, list[Frame]] = {}  # a room's frames go to each socket together
         for room, frame in frames:
-            if room == REVOCATIONS:
-                for room_, of_room in by_room.items():  # what came before it, first
-                    self.hub.deliver(room_, of_room)
-                by_room = {}
-                self._revoked(frame.text)
-                continue
             self.recent.note(room, frame)
             by_room.setdefault(room, []).append(frame)
         for room, of_room in by_room.items():
@@ -209,9 +203,10 @@ class ChatService:
         user: str,
         room: str,
         since: int | None,
-        expires_at: float,
+        token: TokenClaims,
     ) -> None:
-        """Run an accepted socket until either side ends it or its token expires."""
+        """Run an accepted socket until either side ends it, or its token expires or is
+        revoked."""
         limit = self.settings.max_connections_per_user
         if self._stopped:
             await websocket.close(WS_1001_GOING_AWAY, "server shutting down")
@@ -229,7 +224,7 @@ class ChatService:
             room=room,
             max_frames=self.settings.send_buffer_frames,
             max_bytes=self.settings.send_buffer_bytes,
-            expires_at=expires_at,
+            token=token,
         )
         # Registered before the history query: whatever is committed from now on is queued,
         # and the sender skips what the replay already held, so nothing is missed or doubled.

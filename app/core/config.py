@@ -61,10 +61,18 @@ class Settings(BaseSettings):
         """Where the generated key lives: beside a SQLite file, else the working directory."""
         if self.secret_key_file is not None:
             return self.secret_key_file
-        url = make_url(self.database_url)
-        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-            return Path(url.database).resolve().parent / "chatroom.secret"
+        database = sqlite_file(self.database_url)
+        if database is not None:
+            return database.parent / "chatroom.secret"
         return Path("chatroom.secret").resolve()
+
+
+def sqlite_file(database_url: str) -> Path | None:
+    """The absolute path of a SQLite database file; None for other databases and memory."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database).resolve()
 
 
 _PACKAGE = Path(__file__).resolve().parent.parent

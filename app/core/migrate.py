@@ -9,11 +9,11 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.core.config import resource
+from app.core.config import resource, sqlite_file
 
 
 class NotMigrated(RuntimeError):
-    """The database schema is not at the newest Alembic revision."""
+    """The database does not exist, or its schema is not at the newest Alembic revision."""
 
 
 def alembic_config(database_url: str) -> Config:
@@ -34,7 +34,19 @@ def downgrade(database_url: str, revision: str) -> None:
 
 
 async def ensure_at_head(engine: AsyncEngine) -> None:
-    """Refuse to serve a database that `chatroom migrate` has not brought up to date."""
+    """Refuse a database that `chatroom migrate` has not brought up to date.
+
+    A SQLite file that is not there is not opened: SQLite would create it, empty.
+    """
+    database = sqlite_file(engine.url.render_as_string(hide_password=False))
+    where = engine.url.render_as_string(hide_password=True)
+    if database is not None:
+        where = engine.url.set(database=str(database)).render_as_string(hide_password=True)
+        if not database.exists():
+            raise NotMigrated(
+                f"no chatroom database at {where} (not migrated): "
+                "run `chatroom migrate` or set CHATROOM_DATABASE_URL"
+            )
     script = ScriptDirectory.from_config(alembic_config(str(engine.url)))
 
     def current(connection: Connection) -> set[str]:
@@ -44,6 +56,6 @@ async def ensure_at_head(engine: AsyncEngine) -> None:
         heads = await connection.run_sync(current)
     if heads != set(script.get_heads()):
         raise NotMigrated(
-            f"database schema is at {sorted(heads) or 'nothing'}, not at head "
-            f"{sorted(script.get_heads())}: run `chatroom migrate` (or `alembic upgrade head`)"
+            f"the chatroom database at {where} is at revision {sorted(heads) or 'none'}, not "
+            f"at {sorted(script.get_heads())}: run `chatroom migrate` or set CHATROOM_DATABASE_URL"
         )

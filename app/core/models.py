@@ -1,4 +1,4 @@
-"""SQLAlchemy tables: users and the messages of every room."""
+"""SQLAlchemy tables: users, the messages of every room, and revoked tokens."""
 
 from __future__ import annotations
 
@@ -45,6 +45,9 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+JTI_MAX_CHARS = 64  # a longer jti is refused: the revocations table could not hold it
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -88,3 +91,21 @@ class Message(Base):
     # insert sentinel): SQLite does not promise RETURNING's order, and without it
     # SQLAlchemy inserts a batch one row at a time.
     _sentinel: Mapped[int | None] = orm_insert_sentinel()
+
+
+class Revocation(Base):
+    """Tokens refused before they expire: every server process polls this table (see
+    app/core/revocations.py), so a revocation made anywhere reaches every socket."""
+
+    __tablename__ = "revocations"
+    # AUTOINCREMENT: pollers read the rows after the last id they saw; a reused id is missed.
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(32))
+    # Either the one token with this jti, or every token issued before issued_before.
+    jti: Mapped[str | None] = mapped_column(String(JTI_MAX_CHARS))
+    issued_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reason: Mapped[str] = mapped_column(String(32))  # the close reason its sockets get
+    # When nothing it revokes is valid any more: the row may go.
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

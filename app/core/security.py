@@ -9,9 +9,11 @@ import functools
 import logging
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from jose import JWTError, jwk, jwt
 from jose.backends.base import Key
@@ -19,10 +21,16 @@ from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
 from app.core.config import Settings
+from app.core.models import JTI_MAX_CHARS
 
 logger = logging.getLogger("chatroom")
 
 ALGORITHM = "HS256"
+# How far in the future an `iat` may be, for clocks of token-minting hosts that run ahead.
+# Within it, a token minted just before a password change may outlive the change.
+IAT_LEEWAY_SECONDS = 10
+# The last second of the year 9999: a date beyond it is a minting bug, and no datetime holds it.
+MAX_NUMERIC_DATE = 253_402_300_799
 
 # pwdlib's Argon2 defaults exceed OWASP's floor (19 MiB, 2 iterations).
 _hasher = PasswordHash((Argon2Hasher(),))
@@ -36,8 +44,11 @@ def hash_password(password: str) -> str:
 
 
 def verify_password(password: str, password_hash: str | None) -> bool:
-    """True when password matches; always spends one Argon2 verification."""
-    if password_hash is None:
+    """True when password matches; always spends one Argon2 verification.
+
+    None or "" (a deleted account) matches no password.
+    """
+    if not password_hash:
         _hasher.verify(password, _DUMMY_HASH)
         return False
     return _hasher.verify(password, password_hash)
@@ -49,6 +60,7 @@ class TokenClaims:
     rooms: frozenset[str] | None  # None: every room
     issued_at: float | None  # seconds since the epoch
     expires_at: float
+    token_id: str | None = None  # jti: what signing out revokes
 
     def issued_before(self, moment: datetime | None) -> bool:
         """True when the token predates moment (a password change): it is revoked."""
@@ -71,6 +83,7 @@ def create_access_token(
         "sub": username,
         "iat": now.timestamp(),
         "exp": now + timedelta(minutes=minutes),
+        "jti": secrets.token_urlsafe(16),
     }
     if rooms is not None:
         claims["rooms"] = rooms
@@ -86,23 +99,44 @@ def _verification_key(secret: str) -> Key:
 
 
 def decode_access_token(token: str, *, key: str) -> TokenClaims:
-    """Verify signature (HS256 only) and expiry; raise InvalidToken otherwise."""
+    """Verify signature (HS256 only), header and claims; raise InvalidToken otherwise.
+
+    Stricter than python-jose, which takes "exp": "99999999999" or 2**70 through int(),
+    fails with TypeError on "exp": [1], and ignores an `iat` in the future and `crit`.
+    """
     try:
         claims = jwt.decode(
             token,
             _verification_key(key),
             algorithms=[ALGORITHM],
-            options={"require_exp": True, "require_sub": True},
+            # The time claims are checked below, as numbers.
+            options={"verify_exp": False, "verify_nbf": False, "verify_iat": False},
         )
+        header = jwt.get_unverified_header(token)  # its signature was verified just now
     except JWTError as exc:
         raise InvalidToken(str(exc)) from exc
+    if "crit" in header:
+        # RFC 7515: extensions listed in crit must be understood; chatroom knows none.
+        raise InvalidToken("unsupported crit header")
+    now = time.time()
+    expires_at = _numeric_date(claims, "exp")
+    issued_at = _numeric_date(claims, "iat")
+    not_before = _numeric_date(claims, "nbf")
+    if expires_at is None:
+        raise InvalidToken("exp is missing")
+    if expires_at <= now:
+        raise InvalidToken("token expired")
+    if issued_at is not None and issued_at > now + IAT_LEEWAY_SECONDS:
+        raise InvalidToken("iat is in the future")
+    if not_before is not None and not_before > now:
+        raise InvalidToken("token not yet valid")
     username = claims.get("sub")
     rooms = claims.get("rooms")
-    issued_at = claims.get("iat")
+    token_id = claims.get("jti")
     if not isinstance(username, str):
-        raise InvalidToken("subject is not a string")
-    if issued_at is not None and not isinstance(issued_at, int | float):
-        raise InvalidToken("iat is not a number")
+        raise InvalidToken("subject is missing or not a string")
+    if token_id is not None and not (isinstance(token_id, str) and len(token_id) <= JTI_MAX_CHARS):
+        raise InvalidToken(f"jti is not a string of at most {JTI_MAX_CHARS} characters")
     if rooms is not None and not (
         isinstance(rooms, list) and all(isinstance(room, str) for room in rooms)
     ):
@@ -110,9 +144,22 @@ def decode_access_token(token: str, *, key: str) -> TokenClaims:
     return TokenClaims(
         username=username,
         rooms=frozenset(rooms) if rooms is not None else None,
-        issued_at=float(issued_at) if issued_at is not None else None,
-        expires_at=float(claims["exp"]),
+        issued_at=issued_at,
+        expires_at=expires_at,
+        token_id=token_id,
     )
+
+
+def _numeric_date(claims: dict[str, Any], name: str) -> float | None:
+    """The claim as seconds since the epoch, None when absent; RFC 7519 wants a number."""
+    value = claims.get(name)
+    if value is None and name not in claims:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidToken(f"{name} is not a number")
+    if not 0 <= value <= MAX_NUMERIC_DATE:  # also refuses NaN
+        raise InvalidToken(f"{name} is out of range")
+    return float(value)
 
 
 def load_secret_key(settings: Settings) -> str:

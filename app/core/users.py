@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.models import User, utcnow
+from app.core.revocations import ACCOUNT_DELETED, PASSWORD_CHANGED, record
 from app.core.security import hash_password, verify_password
 from app.core.throttle import LoginThrottle
 
 USER_CACHE_SECONDS = 5.0  # how stale a handshake's view of an account may be
+# tokens_valid_after of a deleted account: every token was issued before it.
+DELETED = datetime.max.replace(tzinfo=UTC)
 
 
 class UserCache:
     """Recently looked-up accounts, so a crowd of handshakes is not a crowd of queries.
 
-    Entries live USER_CACHE_SECONDS; a password change forgets its user at once on every
-    worker (the chat service relays it), so revocation does not wait for expiry.
+    Entries live USER_CACHE_SECONDS. A revocation does not wait for them: the handshake
+    checks app/core/revocations.py's in-memory list first.
     """
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
@@ -45,18 +49,11 @@ class UserCache:
             async with self._sessions() as session:
                 user = await get_user(session, username=username)
         finally:
-            current = self._loading.get(username) is asyncio.current_task()
-            if current:
-                del self._loading[username]
-        if current:  # not forgotten meanwhile (a password change)
-            if len(self._users) >= 10_000:
-                self._users.clear()  # bounded; a miss only costs one query
-            self._users[username] = (started, user)
+            del self._loading[username]
+        if len(self._users) >= 10_000:
+            self._users.clear()  # bounded; a miss only costs one query
+        self._users[username] = (started, user)
         return user
-
-    def forget(self, username: str) -> None:
-        self._users.pop(username, None)
-        self._loading.pop(username, None)
 
 
 class UsernameTaken(Exception):
@@ -82,11 +79,43 @@ async def create_user(session: AsyncSession, *, username: str, password: str) ->
     return user
 
 
-async def change_password(session: AsyncSession, *, user: User, password: str) -> None:
-    """Set a new password and revoke every token issued before now."""
+async def change_password(
+    session: AsyncSession, *, user: User, password: str, token_minutes: int
+) -> None:
+    """Set a new password and revoke every token issued before now.
+
+    token_minutes: how long tokens live, so how long the revocation must be remembered.
+    """
     user.password_hash = await asyncio.to_thread(hash_password, password)
     user.tokens_valid_after = utcnow()
+    await _revoke_all(session, user, PASSWORD_CHANGED, token_minutes)
+
+
+async def delete_user(session: AsyncSession, *, user: User, token_minutes: int) -> None:
+    """Close the account: no password opens it, and every token of it is refused.
+
+    The row stays, so the name stays taken: the user's messages stay in history under it,
+    and no one can register it and appear as their author.
+    """
+    user.password_hash = ""  # no hash: verify_password refuses every password
+    user.tokens_valid_after = DELETED
+    await _revoke_all(session, user, ACCOUNT_DELETED, token_minutes)
+
+
+def is_deleted(user: User) -> bool:
+    return user.tokens_valid_after == DELETED
+
+
+async def _revoke_all(session: AsyncSession, user: User, reason: str, token_minutes: int) -> None:
+    """Commit user's change with a revocation of their tokens issued before it."""
     session.add(user)
+    await record(
+        session,
+        username=user.username,
+        reason=reason,
+        issued_before=user.tokens_valid_after,
+        expires_at=utcnow() + timedelta(minutes=token_minutes),
+    )
     await session.commit()
 
 

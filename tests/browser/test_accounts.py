@@ -102,3 +102,39 @@ async def test_room_list_orders_by_activity_and_opens_rooms_by_id(
     shared = await browsers.new_page("bob")
     await shared.goto(page.url)
     await expect(shared.get_by_role("heading", name="product-77")).to_be_visible()
+
+
+async def test_change_the_password_from_the_chat_page(browsers: Browsers) -> None:
+    page = await browsers.open_room("alice", "ticket-5")
+    elsewhere = await browsers.open_room("alice", "ticket-5")  # alice's other browser
+    await page.get_by_role("link", name="Account").click()
+    await expect(page).to_have_url(re.compile(r"/account$"))
+
+    async def submit(current: str) -> None:
+        await page.get_by_label("Current password").fill(current)
+        await page.get_by_label("New password", exact=True).fill("a brand new password")
+        await page.get_by_label("New password again").fill("a brand new password")
+        await page.get_by_role("button", name="Change password").click()
+
+    await submit("not the password")
+    await expect(page.get_by_role("alert")).to_have_text("Your current password is wrong.")
+    await expect(page.get_by_label("Current password")).to_have_attribute("aria-invalid", "true")
+    await submit(PASSWORD)
+    await expect(page.get_by_role("status")).to_contain_text("Your password is changed.")
+    # This browser keeps going with its fresh cookie; the other one was signed out.
+    await page.get_by_role("link", name="Back to your rooms").click()
+    await page.goto("/chat/ticket-5")
+    await expect(page.locator("#status")).to_have_text("Connected")
+    await expect(elsewhere.get_by_text("Your session has ended.")).to_be_visible()
+
+
+async def test_an_address_that_names_no_room_answers_a_page_with_a_way_back(
+    browsers: Browsers,
+) -> None:
+    page = await browsers.new_page("alice")
+    for address in ("/chat/my%20room", "/chat/a%2Fb"):
+        response = await page.goto(address)
+        assert response is not None and response.status == 404
+        await expect(page.get_by_role("heading", name="Not Found")).to_be_visible()
+        await page.get_by_role("link", name="Back to your rooms").click()
+        await expect(page.get_by_role("heading", name="Hello, alice")).to_be_visible()

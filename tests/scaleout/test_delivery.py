@@ -1,12 +1,18 @@
-"""Two workers, one room: what is said on one is heard on the other; presence is shared."""
+"""Two workers, one room: what is said on one is heard on the other; presence is shared;
+a revocation made on one worker, or by the `chatroom` command, reaches the other."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
+
 import httpx
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.helpers import PASSWORD
+from tests.helpers import PASSWORD, ChatClient
 from tests.scaleout.conftest import Cluster, ids, new_room, read_messages
 
 pytestmark = pytest.mark.redis
@@ -95,3 +101,51 @@ async def test_password_change_closes_sockets_on_every_worker(cluster: Cluster) 
             f"/items/{room}/messages", headers={"Authorization": f"Bearer {tokens['alice']}"}
         )
     assert old.status_code == 401
+
+
+async def _closed_with(client: ChatClient) -> tuple[int, str]:
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            await client.recv(timeout=15)
+    assert closed.value.rcvd is not None
+    return closed.value.rcvd.code, closed.value.rcvd.reason
+
+
+async def test_delete_user_closes_sockets_on_every_worker(cluster: Cluster) -> None:
+    a, b = cluster.start(2)
+    tokens = await cluster.register("alice")
+    room = new_room()
+    on_a, _, _ = await cluster.join(a, room, tokens["alice"])
+    on_b, _, _ = await cluster.join(b, room, tokens["alice"])
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CHATROOM_")}
+    deleted = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "app.cli", "delete-user", "alice"],
+        env={**base, "CHATROOM_DATABASE_URL": cluster.database_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert deleted.returncode == 0, deleted.stderr
+    assert await _closed_with(on_a) == (1008, "account deleted")
+    assert await _closed_with(on_b) == (1008, "account deleted")
+    for worker in (a, b):
+        with pytest.raises(InvalidStatus):
+            await cluster.connect(worker, room, tokens["alice"])
+
+
+async def test_logout_revokes_the_cookie_on_every_worker(cluster: Cluster) -> None:
+    a, b = cluster.start(2)
+    await cluster.register("alice")
+    room = new_room()
+    async with httpx.AsyncClient(base_url=a.url) as http:
+        await http.post("/login", data={"username": "alice", "password": PASSWORD})
+        cookie = http.cookies["session"]
+        on_b, _, _ = await cluster.join(b, room, cookie)
+        assert (await http.post("/logout", headers={"Origin": a.url})).status_code == 303
+    assert await _closed_with(on_b) == (1008, "signed out")
+    with pytest.raises(InvalidStatus):
+        await cluster.connect(b, room, cookie)
+    async with httpx.AsyncClient(base_url=b.url) as http:
+        refused = await http.get("/rooms", headers={"Authorization": f"Bearer {cookie}"})
+    assert refused.status_code == 401

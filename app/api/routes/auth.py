@@ -11,7 +11,15 @@ from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import CurrentIdentity, Services, ServicesDep, SessionDep
-from app.api.schemas import PASSWORD_MAX_CHARS, PASSWORD_MIN_CHARS, Credentials, TokenOut, UserOut
+from app.api.schemas import (
+    NOT_AUTHENTICATED,
+    PASSWORD_MAX_CHARS,
+    PASSWORD_MIN_CHARS,
+    Credentials,
+    TokenOut,
+    UserOut,
+    error,
+)
 from app.core.models import User
 from app.core.security import create_access_token
 from app.core.throttle import LoginThrottled
@@ -29,7 +37,7 @@ def issue_token(services: Services, username: str) -> TokenOut:
 @router.post(
     "/register",
     status_code=status.HTTP_201_CREATED,
-    responses={403: {"description": "Registration is closed"}, 409: {"description": "Taken"}},
+    responses={403: error("Registration is closed"), 409: error("The username is taken")},
 )
 async def register(body: Credentials, db: SessionDep, services: ServicesDep) -> UserOut:
     """Create an account."""
@@ -57,8 +65,8 @@ def too_many_failures(exc: LoginThrottled) -> HTTPException:
 @router.post(
     "/token",
     responses={
-        401: {"description": "Wrong username or password"},
-        429: {"description": "Too many failed logins for this username or address"},
+        401: error("Wrong username or password"),
+        429: error("Too many failed logins for this username or address"),
     },
 )
 async def token(
@@ -83,15 +91,22 @@ async def _login_or_429(
 ) -> User | None:
     """The user if the password matches; HTTP 429 after too many recent failures."""
     try:
-        return await login(
-            db,
-            services.login_throttle,
-            username=username,
-            password=password,
-            address=client_address(request),
-        )
+        return await _verify(request, db, services, username, password)
     except LoginThrottled as exc:
         raise too_many_failures(exc) from None
+
+
+async def _verify(
+    request: Request, db: AsyncSession, services: Services, username: str, password: str
+) -> User | None:
+    """The user if the password matches; LoginThrottled after too many recent failures."""
+    return await login(
+        db,
+        services.login_throttle,
+        username=username,
+        password=password,
+        address=client_address(request),
+    )
 
 
 class PasswordChange(BaseModel):
@@ -102,8 +117,9 @@ class PasswordChange(BaseModel):
 @router.post(
     "/password",
     responses={
-        403: {"description": "Wrong current password"},
-        429: {"description": "Too many failed logins"},
+        **NOT_AUTHENTICATED,
+        403: error("Wrong current password"),
+        429: error("Too many failed logins"),
     },
 )
 async def change_password_route(
@@ -117,9 +133,41 @@ async def change_password_route(
 
     Answers a fresh token, so the caller stays signed in.
     """
-    user = await _login_or_429(request, db, services, identity.username, body.current_password)
-    if user is None:
+    try:
+        token = await renew_password(
+            request,
+            db,
+            services,
+            username=identity.username,
+            current_password=body.current_password,
+            new_password=body.new_password,
+        )
+    except LoginThrottled as exc:
+        raise too_many_failures(exc) from None
+    if token is None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "wrong current password")
-    await change_password(db, user=user, password=body.new_password)
-    await services.chat.revoke(user.username)
+    return token
+
+
+async def renew_password(
+    request: Request,
+    db: AsyncSession,
+    services: Services,
+    *,
+    username: str,
+    current_password: str,
+    new_password: str,
+) -> TokenOut | None:
+    """Set a new password when current_password is right: every earlier token stops working
+    and the user's open sockets close. A fresh token; None for a wrong current password.
+
+    Raises LoginThrottled after too many failures (a wrong current password is one).
+    """
+    user = await _verify(request, db, services, username, current_password)
+    if user is None:
+        return None
+    await change_password(
+        db, user=user, password=new_password, token_minutes=services.settings.access_token_minutes
+    )
+    await services.chat.check_credentials()  # here at once; other processes within a second
     return issue_token(services, user.username)

@@ -7,14 +7,25 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 
 from app.api.deps import CurrentIdentity, ServicesDep
-from app.api.schemas import MAX_MESSAGE_ID, HistoryOut, MessageOut, RoomId
+from app.api.schemas import (
+    MAX_MESSAGE_ID,
+    NOT_AUTHENTICATED,
+    HistoryOut,
+    MessageOut,
+    RoomId,
+    error,
+)
 from app.chat.protocol import message_payload
 from app.chat.store import history_page
 
 router = APIRouter()
 
 
-@router.get("/items/{item_id}/messages", tags=["history"])
+@router.get(
+    "/items/{item_id}/messages",
+    tags=["history"],
+    responses={**NOT_AUTHENTICATED, 403: error("The token's `rooms` do not include this room")},
+)
 async def room_history(
     item_id: RoomId,
     identity: CurrentIdentity,
@@ -45,6 +56,9 @@ async def room_history(
     )
 
 
+# HEAD too: uptime monitors and load balancers often probe with it.
 @router.get("/healthz", tags=["health"])
+@router.head("/healthz", tags=["health"])
 async def healthz() -> dict[str, str]:
+    """200 while the server runs."""
     return {"status": "ok"}

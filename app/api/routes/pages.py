@@ -19,7 +19,7 @@ from app.api.deps import (
     SessionDep,
     optional_identity,
 )
-from app.api.routes.auth import client_address, issue_token
+from app.api.routes.auth import client_address, issue_token, renew_password
 from app.api.schemas import (
     PASSWORD_MAX_CHARS,
     PASSWORD_MIN_CHARS,
@@ -27,16 +27,27 @@ from app.api.schemas import (
     USERNAME_PATTERN,
     Credentials,
     RoomId,
+    TokenOut,
 )
 from app.core.config import resource
+from app.core.revocations import sign_out
 from app.core.throttle import LoginThrottled
 from app.core.users import UsernameTaken, create_user
 from app.core.users import login as login_user
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=resource("templates"))
+# The length rule of every new-password field.
+templates.env.globals.update(min_password=PASSWORD_MIN_CHARS, max_password=PASSWORD_MAX_CHARS)
 
 BrowserUser = Annotated[Identity | None, Depends(optional_identity)]
+ROOM_RULE = "Item ids are 1 to 64 letters, digits, '.', '_', ':' or '-'."
+
+
+def serves(route: object) -> bool:
+    """Whether route, as matched for a request, is one of these pages."""
+    endpoint = getattr(route, "endpoint", None)
+    return any(endpoint is page.endpoint for page in router.routes if hasattr(page, "endpoint"))
 
 
 def _safe_next(target: str | None) -> str:
@@ -50,8 +61,10 @@ def _render(request: Request, name: str, code: int = 200, **context: Any) -> HTM
     return templates.TemplateResponse(request, name, context, status_code=code)
 
 
-def _signed_in(request: Request, services: Services, username: str, target: str) -> Response:
-    token = issue_token(services, username)
+def _signed_in(
+    request: Request, services: Services, username: str, target: str, token: TokenOut | None = None
+) -> Response:
+    token = token or issue_token(services, username)
     response = RedirectResponse(_safe_next(target), status.HTTP_303_SEE_OTHER)
     secure = services.settings.cookie_secure
     response.set_cookie(
@@ -141,8 +154,6 @@ def _register_page(
         username=username,
         error=error,
         error_field=error_field,
-        min_password=PASSWORD_MIN_CHARS,
-        max_password=PASSWORD_MAX_CHARS,
     )
 
 
@@ -193,10 +204,91 @@ async def register(
 
 
 @router.post("/logout")
-async def logout() -> Response:
+async def logout(services: ServicesDep, db: SessionDep, identity: BrowserUser) -> Response:
+    if identity is not None:  # the cookie's token stops working too, here and everywhere
+        await sign_out(db, identity.claims)
+        await services.chat.check_credentials()
     response = RedirectResponse("/login", status.HTTP_303_SEE_OTHER)
     response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="lax")
     return response
+
+
+@router.get("/account")
+async def account_form(request: Request, identity: BrowserUser, changed: bool = False) -> Response:
+    if identity is None:
+        return _to_login(request)
+    return _account_page(request, identity, changed=changed)
+
+
+def _account_page(
+    request: Request,
+    identity: Identity,
+    code: int = status.HTTP_200_OK,
+    *,
+    changed: bool = False,
+    error: str | None = None,
+    error_field: str | None = None,
+) -> Response:
+    return _render(
+        request,
+        "account.html",
+        code,
+        user=identity.username,
+        changed=changed,
+        error=error,
+        error_field=error_field,
+    )
+
+
+@router.post("/account")
+async def account(
+    request: Request,
+    services: ServicesDep,
+    db: SessionDep,
+    identity: BrowserUser,
+    current_password: Annotated[str, Form()] = "",
+    new_password: Annotated[str, Form()] = "",
+    repeat_password: Annotated[str, Form()] = "",
+) -> Response:
+    """POST /auth/password for the pages: a fresh session cookie, or the form with the error."""
+    if identity is None:
+        return _to_login(request)
+    if not PASSWORD_MIN_CHARS <= len(new_password) <= PASSWORD_MAX_CHARS:
+        error = f"New passwords are {PASSWORD_MIN_CHARS} to {PASSWORD_MAX_CHARS} characters."
+        return _account_page(
+            request, identity, status.HTTP_400_BAD_REQUEST, error=error, error_field="new"
+        )
+    if new_password != repeat_password:
+        return _account_page(
+            request,
+            identity,
+            status.HTTP_400_BAD_REQUEST,
+            error="The two new passwords differ.",
+            error_field="repeat",
+        )
+    try:
+        token = await renew_password(
+            request,
+            db,
+            services,
+            username=identity.username,
+            current_password=current_password,
+            new_password=new_password,
+        )
+    except LoginThrottled as exc:
+        error = f"Too many failed attempts. Try again in {math.ceil(exc.retry_after)} seconds."
+        return _account_page(
+            request, identity, status.HTTP_429_TOO_MANY_REQUESTS, error=error, error_field="current"
+        )
+    if token is None:
+        return _account_page(
+            request,
+            identity,
+            status.HTTP_403_FORBIDDEN,
+            error="Your current password is wrong.",
+            error_field="current",
+        )
+    return _signed_in(request, services, identity.username, "/account?changed=1", token)
 
 
 @router.get("/chat")
@@ -216,7 +308,7 @@ async def chat_home(
         room="",
         code=status.HTTP_400_BAD_REQUEST,
         room_query=room,
-        room_error="Item ids are 1 to 64 letters, digits, '.', '_', ':' or '-'.",
+        room_error=ROOM_RULE,
     )
 
 
@@ -237,8 +329,7 @@ def _chat_page(
     **context: Any,
 ) -> Response:
     if identity is None:
-        target = quote(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
-        return RedirectResponse(f"/login?next={target}", status.HTTP_303_SEE_OTHER)
+        return _to_login(request)
     return _render(
         request,
         "chat.html",
@@ -248,3 +339,9 @@ def _chat_page(
         max_chars=services.settings.max_message_chars,
         **context,
     )
+
+
+def _to_login(request: Request) -> Response:
+    """To the login form, which brings the visitor back here afterwards."""
+    target = quote(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
+    return RedirectResponse(f"/login?next={target}", status.HTTP_303_SEE_OTHER)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from app.api.deps import CurrentIdentity, ServicesDep
+from app.api.schemas import NOT_AUTHENTICATED
 from app.chat.protocol import iso_utc
 from app.chat.store import recent_rooms
 
@@ -25,7 +26,7 @@ class RoomsOut(BaseModel):
     rooms: list[RoomOut]
 
 
-@router.get("/rooms", tags=["rooms"])
+@router.get("/rooms", tags=["rooms"], responses=NOT_AUTHENTICATED)
 async def list_rooms(
     identity: CurrentIdentity,
     services: ServicesDep,

@@ -36,7 +36,7 @@ async def room_socket(
         user=identity.username,
         room=item_id,
         since=since,
-        expires_at=identity.claims.expires_at,
+        token=identity.claims,
     )
 
 
