@@ -495,11 +495,12 @@
 
   // -------------------------------------------------- older history over REST
   olderButton.addEventListener("click", async () => {
-    if (oldestId === null) return;
     olderButton.disabled = true;
     olderButton.textContent = "Loading…";
+    // Nothing shown yet (a replay with no room for even the newest message): the newest page.
+    const query = oldestId === null ? {limit: PAGE_SIZE} : {before: oldestId, limit: PAGE_SIZE};
     try {
-      const response = await fetch(historyUrl({before: oldestId, limit: PAGE_SIZE}));
+      const response = await fetch(historyUrl(query));
       if (response.status === 401) return signedOut();
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       const page = await response.json();

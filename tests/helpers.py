@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sqlite3
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import uvicorn
 import websockets
+from sqlalchemy.engine import make_url
 from starlette.types import ASGIApp
 from websockets.asyncio.client import ClientConnection
 
@@ -91,6 +94,17 @@ async def register(http: httpx.AsyncClient, username: str, password: str = PASSW
     assert response.status_code == 200, response.text
     token: str = response.json()["access_token"]
     return token
+
+
+def fill_room(database_url: str, room: str, author: str, bodies: list[str]) -> None:
+    """Store messages straight into the database (sending many large ones over a socket
+    would take the rate limit's time); the room must not be in the replay cache yet."""
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    with sqlite3.connect(make_url(database_url).database or "") as connection:
+        connection.executemany(
+            "INSERT INTO messages (room, author, body, created_at) VALUES (?, ?, ?, ?)",
+            [(room, author, body, now) for body in bodies],
+        )
 
 
 open_clients: list[ChatClient] = []

@@ -25,7 +25,9 @@ from app.chat.presence import Presence
 from app.chat.protocol import (
     FrameError,
     error_frame,
+    history_budget,
     history_frame,
+    history_space,
     message_frame,
     parse_client_frame,
     presence_frame,
@@ -33,7 +35,7 @@ from app.chat.protocol import (
 )
 from app.chat.ratelimit import TokenBucket
 from app.chat.recent import RecentHistory
-from app.chat.store import MessageWriter, Stored, StoreFailed, history_page
+from app.chat.store import MessageWriter, Stored, StoreFailed, frames_after, history_page
 from app.core.config import Settings
 from app.core.revocations import Revocations
 from app.core.security import TokenClaims
@@ -72,7 +74,14 @@ class ChatService:
             settings.database_url, shared=not isinstance(broker, MemoryBroker)
         )
         self.writer = MessageWriter(engine, broker, room_lock)
-        self.recent = RecentHistory(sessions, limit=settings.history_limit)
+        # The most a history frame takes: it counts against the socket's send buffer.
+        self.history_bytes = history_budget(settings.send_buffer_bytes)
+        self.recent = RecentHistory(
+            sessions,
+            limit=settings.history_limit,
+            frame_bytes=self.history_bytes,
+            max_bytes=settings.replay_cache_bytes,
+        )
         self._sockets_of: Counter[str] = Counter()  # per user, across rooms, in this process
         self._buckets: dict[str, TokenBucket] = {}
         self._serving = 0  # sockets being served; _all_done is set when none is
@@ -260,11 +269,15 @@ class ChatService:
         if since is None:
             history, last_id = await self.recent.replay(room)
         else:
-            messages, has_more = await history_page(
-                self.sessions, room=room, limit=SINCE_REPLAY_LIMIT, after=since
+            # The oldest missed messages; has_more sends the client to REST for the rest.
+            texts, last_id, has_more = await frames_after(
+                self.sessions,
+                room=room,
+                after=since,
+                limit=SINCE_REPLAY_LIMIT,
+                space=history_space(room, self.history_bytes),
             )
-            history = history_frame(room, [message_frame(m) for m in messages], has_more)
-            last_id = messages[-1].id if messages else since
+            history = history_frame(room, texts, has_more)
         welcome = welcome_frame(user=user, room=room, online=await self._online(room))
         # One write; the history frame is the room's, framed once for every joiner.
         await send_texts(websocket, [welcome, history])

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from app.chat.broker import Broker
 from app.chat.hub import Frame
 from app.chat.ordering import RoomLock
-from app.chat.protocol import message_frame
+from app.chat.protocol import message_bytes, message_frame
 from app.core.db import AUTOCOMMIT
 from app.core.models import Message, utcnow
 
@@ -29,6 +29,7 @@ logger = logging.getLogger("chatroom.store")
 
 MAX_BATCH = 512  # messages per transaction; bounds the latency one commit adds
 WRITE_TIMEOUT_SECONDS = 10.0  # a batch taking longer is abandoned: store_failed
+STREAM_ROWS = 50  # rows fetched at a time by a read that may stop early
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +114,39 @@ async def history_page(
     if after is None:
         rows.reverse()
     return rows, has_more
+
+
+async def frames_after(
+    sessions: async_sessionmaker[AsyncSession], *, room: str, after: int, limit: int, space: int
+) -> tuple[list[str], int, bool]:
+    """The message frames of room after that id, oldest first: at most limit of them, of at
+    most space bytes together (protocol.message_bytes); the id of the last one given (after,
+    if none); and whether more remain.
+
+    Rows are read a few at a time and reading stops at the budget: a replay never holds
+    more of the room than it sends.
+    """
+    query = (
+        select(*_COLUMNS)
+        .where(Message.room == room, Message.id > after)
+        .order_by(Message.id)
+        .limit(limit + 1)
+        .execution_options(yield_per=STREAM_ROWS)
+    )
+    texts: list[str] = []
+    async with sessions() as session:
+        result = await session.stream(query)
+        try:
+            async for row in result:
+                text = message_frame(StoredMessage(*row))
+                space -= message_bytes(text)
+                if len(texts) == limit or space < 0:
+                    return texts, after, True
+                texts.append(text)
+                after = row.id
+        finally:
+            await result.close()
+    return texts, after, False
 
 
 @dataclass(frozen=True, slots=True)

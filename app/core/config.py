@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     access_token_minutes: int = Field(default=24 * 60, ge=1)
     open_registration: bool = True
     history_limit: int = Field(default=50, ge=0, le=1000)
+    # The join replays of recently joined rooms, kept encoded: at most this many bytes in all.
+    replay_cache_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
     max_message_chars: int = Field(default=4000, ge=1)
     max_frame_bytes: int = Field(default=64 * 1024, ge=1024)
     # Per-connection outbound buffer: a reader this far behind is closed with 1013.
