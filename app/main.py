@@ -16,6 +16,7 @@ from app.chat.broker import create_broker
 from app.chat.hub import Hub
 from app.chat.presence import create_presence
 from app.chat.service import ChatService
+from app.chat.webhooks import create_webhook_sender
 from app.core.config import Settings, resource
 from app.core.db import create_engine, create_session_factory
 from app.core.logs import install_redaction
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await ensure_at_head(engine)
             sessions = create_session_factory(engine)
             hub = Hub()
+            webhooks = create_webhook_sender(settings, engine)
             chat = ChatService(
                 settings=settings,
                 engine=engine,
@@ -47,10 +49,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 presence=create_presence(
                     settings.broker_url, hub, ttl_seconds=settings.presence_ttl_seconds
                 ),
+                outbox=webhooks.outbox if webhooks else None,
             )
             users = UserCache(sessions)
             chat.on_revoked(users.forget)
             await chat.start()
+            if webhooks:
+                webhooks.start()
             services = Services(
                 settings=settings,
                 engine=engine,
@@ -72,6 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 yield
             finally:
                 uninstall()
+                if webhooks:
+                    await webhooks.stop()
                 await chat.stop()
         finally:
             await engine.dispose()

@@ -60,7 +60,9 @@ class ChatService:
         hub: Hub,
         broker: Broker,
         presence: Presence,
+        outbox: asyncio.Event | None = None,
     ) -> None:
+        """outbox: webhooks are on; the writer queues their events (see MessageWriter)."""
         self.settings = settings
         self.hub = hub
         self.broker = broker
@@ -69,7 +71,7 @@ class ChatService:
         room_lock = create_room_lock(
             settings.database_url, shared=not isinstance(broker, MemoryBroker)
         )
-        self.writer = MessageWriter(engine, broker, room_lock)
+        self.writer = MessageWriter(engine, broker, room_lock, outbox=outbox)
         self.recent = RecentHistory(sessions, limit=settings.history_limit)
         self._sockets_of: Counter[str] = Counter()  # per user, across rooms, in this process
         self._buckets: dict[str, TokenBucket] = {}
