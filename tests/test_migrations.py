@@ -33,9 +33,14 @@ def test_upgrade_from_empty_matches_models_and_downgrade_to_base(tmp_path: Path)
         (messages_sql,) = db.execute(
             "SELECT sql FROM sqlite_master WHERE name = 'messages'"
         ).fetchone()
+        (events_sql,) = db.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'webhook_events'"
+        ).fetchone()
     # Without AUTOINCREMENT SQLite may reuse the id of a deleted newest message, and a client
     # resuming with ?since= would never see the new one.
     assert "AUTOINCREMENT" in messages_sql
+    # Delivered events are deleted; a reused event id would be dropped by hosts as a repeat.
+    assert "AUTOINCREMENT" in events_sql
     downgrade(url, "base")
     assert tables(path) == {"alembic_version"}
     upgrade(url)  # and up again, as a redeploy after a rollback would

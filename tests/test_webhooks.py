@@ -4,79 +4,30 @@ and the server go through meanwhile. The host is a real HTTP server on a free po
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import json
 import os
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
 from app.core.config import Settings
-from tests.helpers import SECRET, LiveServer, free_port, register
+from tests.helpers import (
+    HOOK_SECRET,
+    SECRET,
+    LiveServer,
+    Receiver,
+    assert_sent_in_room_order,
+    free_port,
+    register,
+)
 
-HOOK_SECRET = "the host's webhook secret"
 WAIT_SECONDS = 30.0
-
-
-class Receiver:
-    """The host: records every POST (body, signature header, the answer it gave)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.answer: Callable[[dict[str, Any]], int] = lambda event: 200
-        self.requests: list[tuple[bytes, str, int]] = []
-        self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-
-    def start(self) -> None:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-                body = self.rfile.read(int(self.headers["content-length"]))
-                status = receiver.answer(json.loads(body))
-                with receiver._lock:
-                    receiver.requests.append(
-                        (body, self.headers.get("X-Chatroom-Signature", ""), status)
-                    )
-                self.send_response(status)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    def events(self, accepted_only: bool = False) -> list[dict[str, Any]]:
-        with self._lock:
-            requests = list(self.requests)
-        return [json.loads(b) for b, _, status in requests if status == 200 or not accepted_only]
-
-    def accepted_messages(self, room: str) -> list[int]:
-        """The room's message ids the host accepted, first arrivals only, in arrival order."""
-        seen: dict[int, int] = {}
-        for event in self.events(accepted_only=True):
-            if event["room"] == room:
-                seen.setdefault(event["id"], event["message"]["id"])
-        return list(seen.values())
 
 
 @pytest.fixture
@@ -132,23 +83,6 @@ def chatroom_webhooks(database_url: str) -> str:
         check=True,
     )
     return done.stdout
-
-
-def assert_sent_in_room_order(receiver: Receiver, rooms: list[str]) -> None:
-    """No event was ever sent before every earlier event of its room had been accepted."""
-    accepted: set[int] = set()
-    sent_ids: dict[str, list[int]] = {room: [] for room in rooms}
-    for body, signature, status in list(receiver.requests):
-        expected = hmac.new(HOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
-        assert signature == f"sha256={expected}"
-        event = json.loads(body)
-        assert event["type"] == "message.created"
-        assert event["room"] == event["message"]["room"]
-        earlier = [e for e in sent_ids[event["room"]] if e < event["id"]]
-        assert set(earlier) <= accepted, f"event {event['id']} sent before {earlier}"
-        sent_ids[event["room"]].append(event["id"])
-        if status == 200:
-            accepted.add(event["id"])
 
 
 async def test_every_message_reaches_a_host_that_refuses_then_fails_then_accepts(

@@ -353,12 +353,9 @@ async def _insert_rows(
     ]
     async with _transaction(connection, outbox):
         ids = (await connection.execute(statement, values)).scalars().all()
-        if outbox:
-            events = [
-                {"room": p.room, "message_id": id_, "retry_at": now}
-                for id_, p in zip(ids, rows, strict=True)
-            ]
-            await connection.execute(insert(WebhookEvent), events)
+        if outbox:  # copied by the database: no parameters to process per row
+            new = select(Message.room, Message.id).where(Message.id.in_(ids)).order_by(Message.id)
+            await connection.execute(insert(WebhookEvent).from_select(["room", "message_id"], new))
     return ids
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import httpx
-from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy import ColumnElement, Select, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.chat.protocol import encode, message_payload
@@ -43,10 +43,13 @@ EVENT_TYPE = "message.created"
 SIGNATURE_HEADER = "X-Chatroom-Signature"
 TIMEOUT_SECONDS = 10.0  # one delivery: connecting, sending and the host's answer
 LEASE_SECONDS = 60.0  # a claim this old is free for other workers (its holder died)
-ROOM_TURN_SECONDS = LEASE_SECONDS / 3  # then a busy room lets other rooms have the slot
+# Then a busy room lets other rooms have its slot; this plus one delivery stays well within
+# the lease, so a live worker's claims never lapse.
+ROOM_TURN_SECONDS = LEASE_SECONDS / 3
 CHAIN = 64  # a room's events claimed at once
 MAX_ROOMS = 16  # rooms one worker delivers to at the same time
 POLL_SECONDS = 1.0  # looks for other workers' events and ended backoffs this often
+LOOK_PAUSE_SECONDS = 0.05  # and at most this often
 STOP_GRACE_SECONDS = 2.0  # a slow host's POST under way at stop is abandoned after this
 FIRST_RETRY_SECONDS = 1.0
 MAX_ERROR_CHARS = 500
@@ -110,6 +113,8 @@ class WebhookSender:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(POLL_SECONDS):
                     await self.outbox.wait()
+            # The writer wakes this at every commit: one look per pause, not one per batch.
+            await asyncio.sleep(LOOK_PAUSE_SECONDS)
 
     def _serve(self, head: _Claimed) -> None:
         task = asyncio.create_task(self._serve_room([head]), name=f"chatroom-webhooks-{head.room}")
@@ -129,7 +134,7 @@ class WebhookSender:
         now = utcnow()
         due = (
             select(_E.id)
-            .where(_E.id.in_(_heads()), _E.retry_at <= now, _E.room.not_in(list(self._rooms)))
+            .where(_E.id.in_(_heads()), _due(now), _E.room.not_in(list(self._rooms)))
             .order_by(_E.id)
             .limit(limit)
         )
@@ -148,24 +153,20 @@ class WebhookSender:
             delivered: list[int] = []
             failure: tuple[_Claimed, str] | None = None
             try:
-                failure = await self._send_all(chain, delivered)
+                failure = await self._send_all(chain, delivered, turn_ends)
             finally:  # cancelled (stop) too: delivered are deleted, the rest released
-                more = (
-                    failure is None
-                    and len(delivered) == len(chain)
-                    and not self._stopping
-                    and time.monotonic() < turn_ends
-                )
+                more = len(delivered) == len(chain) and not self._over(turn_ends)
                 chain = await self._settle(chain, delivered, failure, claim_more=more)
 
     async def _send_all(
-        self, chain: list[_Claimed], delivered: list[int]
+        self, chain: list[_Claimed], delivered: list[int], turn_ends: float
     ) -> tuple[_Claimed, str] | None:
-        """POST chain in order until one fails (answered with it and the error)."""
+        """POST chain in order until one fails (answered with it and the error), the room's
+        turn is over or the sender stops; appends each delivered event's id to delivered."""
         async with self._engine.connect() as connection:
             messages = await messages_by_id(connection, [e.message_id for e in chain])
         for event in chain:
-            if self._stopping:
+            if self._over(turn_ends):
                 return None
             message = messages.get(event.message_id)
             if message is not None:  # else it is gone, and so is the event
@@ -183,6 +184,9 @@ class WebhookSender:
                     return event, error
             delivered.append(event.id)
         return None
+
+    def _over(self, turn_ends: float) -> bool:
+        return self._stopping or time.monotonic() > turn_ends
 
     async def _post(self, body: bytes) -> str | None:
         """Send one event; None when the host took it (2xx), else what went wrong."""
@@ -225,7 +229,7 @@ class WebhookSender:
                     )
                 )
             if rest:
-                await connection.execute(update(_E).where(_E.id.in_(rest)).values(retry_at=now))
+                await connection.execute(update(_E).where(_E.id.in_(rest)).values(retry_at=None))
             if not claim_more:
                 return []
             room = chain[0].room
@@ -250,6 +254,11 @@ def sign(secret: bytes, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
+def _due(now: datetime) -> ColumnElement[bool]:
+    """Neither claimed nor waiting out a backoff."""
+    return or_(_E.retry_at.is_(None), _E.retry_at <= now)
+
+
 def _heads() -> Select[int | None]:
     """Each room's first pending event id: a loose index scan, one (room, id) index lookup
     per room, where GROUP BY room would read the whole outbox (a long outage's backlog)."""
@@ -265,7 +274,7 @@ async def _claim(connection: AsyncConnection, ids: Select[int], now: datetime) -
     lease = now + timedelta(seconds=LEASE_SECONDS)
     claim = (
         update(_E)
-        .where(_E.id.in_(ids), _E.retry_at <= now)
+        .where(_E.id.in_(ids), _due(now))
         .values(retry_at=lease)
         .returning(_E.id, _E.room, _E.message_id, _E.attempts)
     )
@@ -302,8 +311,9 @@ async def backlog(engine: AsyncEngine) -> Backlog:
     last_error = None
     if row is not None:
         id_, room, attempts, failed_at, error, retry_at = row
+        retry = f"{retry_at:%H:%M:%S} UTC" if retry_at else "now"
         last_error = (
             f"event {id_} of {room}, attempt {attempts} at {failed_at:%Y-%m-%d %H:%M:%S} UTC: "
-            f"{error}; next attempt at {retry_at:%H:%M:%S} UTC"
+            f"{error}; next attempt {retry}"
         )
     return Backlog(await backlog_count(engine), oldest_at, last_error)

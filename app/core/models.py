@@ -110,7 +110,7 @@ class WebhookEvent(Base):
     room: Mapped[str] = mapped_column(String(64))
     message_id: Mapped[int] = mapped_column(Integer)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    # Not before then: a failed head's backoff, or a claimed event's lease.
-    retry_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Not before then: a failed head's backoff, or a claimed event's lease; NULL: due.
+    retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
     failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

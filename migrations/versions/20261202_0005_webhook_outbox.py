@@ -28,7 +28,7 @@ def upgrade() -> None:
         sa.Column("room", sa.String(length=64), nullable=False),
         sa.Column("message_id", sa.Integer(), nullable=False),
         sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
-        sa.Column("retry_at", UTCDateTime(), nullable=False),
+        sa.Column("retry_at", UTCDateTime(), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("failed_at", UTCDateTime(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_events")),
