@@ -8,7 +8,9 @@ taking messages, finishes the writes and broadcasts in flight, and closes its so
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import resource
 import signal
 import threading
 from collections.abc import Awaitable, Callable
@@ -16,11 +18,13 @@ from types import FrameType
 from typing import Any
 
 from app.core.config import Settings
-from app.wire import PreparedFrameProtocol
+from app.guard import GuardedHttpProtocol, GuardedWebSocketProtocol
 
 logger = logging.getLogger("chatroom")
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Open files kept for all but client connections: database, broker, listening socket, logs.
+RESERVED_FILES = 64
 
 
 def install_graceful_stop(drain: Callable[[], Awaitable[None]]) -> Callable[[], None]:
@@ -71,7 +75,27 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "ws_ping_timeout": settings.ping_timeout_seconds or None,
         # Compression costs CPU per receiver, and chat frames are small.
         "ws_per_message_deflate": False,
-        # uvicorn's default protocol, plus writing a broadcast frame framed once (app/wire.py).
-        "ws": PreparedFrameProtocol,
+        # uvicorn's default protocol, plus writing a broadcast frame framed once (app/wire.py)
+        # and answering a handshake the websockets parser refuses (app/guard.py).
+        "ws": GuardedWebSocketProtocol,
+        # h11, not uvicorn's default httptools: it caps a request head (app/guard.py).
+        "http": functools.partial(
+            GuardedHttpProtocol, request_timeout=settings.request_timeout_seconds
+        ),
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
+        "timeout_keep_alive": settings.keep_alive_seconds,
+        "limit_concurrency": connection_limit(settings),
+        "backlog": settings.backlog,
         "proxy_headers": True,
     }
+
+
+def connection_limit(settings: Settings) -> int | None:
+    """CHATROOM_MAX_CONNECTIONS, by default the open-file limit less RESERVED_FILES: beyond
+    that, accept() fails and every new client is kept out, whoever holds the connections."""
+    if settings.max_connections is not None:
+        return settings.max_connections or None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    return max(soft - RESERVED_FILES, soft // 2)

@@ -10,11 +10,14 @@ already framed message straight to the socket's transport, after the checks the 
 own `send` makes, and answers False where that `send` would wait or fail (a full write
 buffer, a closing or closed socket). The caller then falls back to the ASGI `send`, which
 waits, queues or fails exactly as before. Under any other server or protocol the extension
-is absent and every frame goes through ASGI.
+is absent and every frame goes through ASGI. The extension also tells how many written
+bytes the peer has not taken yet, and the protocol drops a closing connection whose peer
+does not read (`PreparedFrameProtocol._abort_if_stuck`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -59,6 +62,13 @@ def write_now(websocket: WebSocket, frames: Sequence[bytes]) -> bool:
     return write is not None and write(frames)
 
 
+def unsent_bytes(websocket: WebSocket) -> int:
+    """Bytes written to the socket that its peer has not taken yet (0 under another server):
+    what a socket that does not read makes the server hold."""
+    extension = _extension(websocket.scope)
+    return 0 if extension is None else int(extension["unsent"]())
+
+
 def prepared_frame(text: str) -> bytes:
     """text as one complete, unmasked WebSocket text frame, ready for any socket.
 
@@ -78,9 +88,14 @@ _cached_frame = functools.lru_cache(maxsize=PREPARED_CACHE_FRAMES)(_frame)
 
 def prepared_writer(scope: Scope) -> WritePrepared | None:
     """The socket's writer of prepared frames, when its server offers one."""
+    extension = _extension(scope)
+    return None if extension is None else extension["write"]
+
+
+def _extension(scope: Scope) -> dict[str, Any] | None:
     # ASGI allows a server to set "extensions" to None as well as to leave it out.
     extension: dict[str, Any] | None = (scope.get("extensions") or {}).get(PREPARED_FRAMES)
-    return None if extension is None else extension["write"]
+    return extension
 
 
 class PreparedFrameProtocol(WebSocketsSansIOProtocol):
@@ -89,7 +104,9 @@ class PreparedFrameProtocol(WebSocketsSansIOProtocol):
     It reads the parent's state (close_sent, disconnected, writable, conn, transport, as
     uvicorn 0.54 names them). Should a release rename them, the extension is not offered
     or its writes are refused, and every frame goes through ASGI as before:
-    tests/test_wire.py fails on such a release, chatroom does not.
+    tests/test_wire.py fails on such a release, chatroom does not. It also extends two of
+    the parent's methods (on_task_complete, keepalive_timeout): a socket the app or the
+    heartbeat gave up on is dropped if its peer does not take what it was sent.
     """
 
     def handle_connect(self, event: Request) -> None:
@@ -98,9 +115,35 @@ class PreparedFrameProtocol(WebSocketsSansIOProtocol):
             # Only for a handshake the app will see, and only where frames are sent as they
             # are: an extension such as permessage-deflate would rewrite each one per socket.
             if self.response.status_code == 101 and not self.conn.extensions:
-                self.scope["extensions"][PREPARED_FRAMES] = {"write": self.write_prepared}
+                self.scope["extensions"][PREPARED_FRAMES] = {
+                    "write": self.write_prepared,
+                    "unsent": self.transport.get_write_buffer_size,
+                }
         except AttributeError:
             logger.warning("uvicorn's protocol changed: prepared frames are not offered")
+
+    def on_task_complete(self, task: asyncio.Task[None]) -> None:
+        super().on_task_complete(task)
+        self._abort_if_stuck()
+
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()
+        self._abort_if_stuck()
+
+    def _abort_if_stuck(self) -> None:
+        """Once the socket is closing, give what it still has to send close_timeout, then
+        drop the connection (as websockets' own client and server do).
+
+        uvicorn only close()s the transport, which waits until its buffer is sent: a peer
+        that never reads but whose TCP stack keeps acknowledging (a zero window) would hold
+        that buffer, a whole history replay, for good.
+        """
+        if not self.disconnected and self.transport.get_write_buffer_size():
+            self.loop.call_later(self.close_timeout, self._abort_unless_gone)
+
+    def _abort_unless_gone(self) -> None:
+        if not self.disconnected:
+            self.transport.abort()
 
     def write_prepared(self, frames: Sequence[bytes]) -> bool:
         """Write frames now, as send() would; False where send() would wait or refuse.

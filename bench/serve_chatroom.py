@@ -1,10 +1,10 @@
 """chatroom under a chosen uvicorn WebSocket / HTTP / event-loop implementation.
 
-`chatroom serve` always runs uvicorn's defaults (httptools and uvloop when installed), with
-websockets-sansio extended by app/wire.py for its WebSocket protocol. This starts the same app
-factory with the same options, changing only those three (`--ws auto` keeps chatroom's),
-to compare them (`python bench/run.py --uvicorn-matrix`). The database must already be
-migrated.
+`chatroom serve` runs uvicorn's default loop (uvloop when installed), h11 extended by
+app/guard.py for HTTP, and websockets-sansio extended by app/wire.py and app/guard.py for
+WebSockets. This starts the same app factory with the same options, changing only those
+three (`auto` keeps chatroom's), to compare them (`python bench/run.py --uvicorn-matrix`).
+The database must already be migrated.
 
     python bench/serve_chatroom.py --port 8002 --ws wsproto --http h11 --loop asyncio
 """
@@ -29,12 +29,13 @@ def main() -> None:
     options = uvicorn_options(Settings())
     if args.ws != "auto":
         options["ws"] = args.ws
+    if args.http != "auto":
+        options["http"] = args.http
     uvicorn.run(
         "app.main:create_app",
         factory=True,
         host="127.0.0.1",
         port=args.port,
-        http=args.http,
         loop=args.loop,
         **options,
     )

@@ -11,7 +11,7 @@ from the docs, both in the tutorial's favour and the same for every scenario:
 
 `/ws/{client_id}` is the docs' endpoint (one global room). `/rooms/{room}/ws/{client_id}`
 gives each room its own `ConnectionManager`, the minimal extension the multi-room scenarios
-need. Run with the same uvicorn WebSocket options as chatroom (app/server.py), except its
+need. Run with the same uvicorn options as chatroom (app/server.py), except its WebSocket
 protocol class: the tutorial runs uvicorn's own (`--ws auto`), not chatroom's subclass that
 offers prepared frames (app/wire.py), which it would not use:
 
@@ -81,12 +81,13 @@ def main() -> None:
     args = parser.parse_args()
     options = uvicorn_options(Settings())
     del options["ws"]
+    if args.http != "auto":  # else chatroom's own, bounds and all (app/guard.py)
+        options["http"] = args.http
     uvicorn.run(
         app,
         host="127.0.0.1",
         port=args.port,
         ws=args.ws,
-        http=args.http,
         loop=args.loop,
         **options,
     )

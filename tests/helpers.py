@@ -1,17 +1,24 @@
-"""Test helpers: a real server on a free port, and a WebSocket chat client."""
+"""Test helpers: a real server on a free port, a WebSocket chat client, a webhook host."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import socket
+import sqlite3
 import threading
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import uvicorn
 import websockets
+from sqlalchemy.engine import make_url
 from starlette.types import ASGIApp
 from websockets.asyncio.client import ClientConnection
 
@@ -29,6 +36,19 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def wait_for_health(base_url: str, seconds: float = 20) -> None:
+    """Wait until a server started in another process answers /healthz."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(f"{base_url}/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "server did not come up"
+        time.sleep(0.1)
 
 
 class LiveServer:
@@ -80,6 +100,17 @@ async def register(http: httpx.AsyncClient, username: str, password: str = PASSW
     return token
 
 
+def fill_room(database_url: str, room: str, author: str, bodies: list[str]) -> None:
+    """Store messages straight into the database (sending many large ones over a socket
+    would take the rate limit's time); the room must not be in the replay cache yet."""
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    with sqlite3.connect(make_url(database_url).database or "") as connection:
+        connection.executemany(
+            "INSERT INTO messages (room, author, body, created_at) VALUES (?, ?, ?, ?)",
+            [(room, author, body, now) for body in bodies],
+        )
+
+
 open_clients: list[ChatClient] = []
 
 
@@ -128,3 +159,73 @@ async def join(server: LiveServer, room: str, token: str, query: str = "") -> Ch
     client = await connect(server, room, token, query)
     await client.join()
     return client
+
+
+HOOK_SECRET = "the host's webhook secret"
+
+
+class Receiver:
+    """The host: records every POST (body, signature header, the answer it gave)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.answer: Callable[[dict[str, Any]], int] = lambda event: 200
+        self.requests: list[tuple[bytes, str, int]] = []
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    def start(self) -> None:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers["content-length"]))
+                status = receiver.answer(json.loads(body))
+                with receiver._lock:
+                    receiver.requests.append(
+                        (body, self.headers.get("X-Chatroom-Signature", ""), status)
+                    )
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def events(self, accepted_only: bool = False) -> list[dict[str, Any]]:
+        with self._lock:
+            requests = list(self.requests)
+        return [json.loads(b) for b, _, status in requests if status == 200 or not accepted_only]
+
+    def accepted_messages(self, room: str) -> list[int]:
+        """The room's message ids the host accepted, first arrivals only, in arrival order."""
+        seen: dict[int, int] = {}
+        for event in self.events(accepted_only=True):
+            if event["room"] == room:
+                seen.setdefault(event["id"], event["message"]["id"])
+        return list(seen.values())
+
+
+def assert_sent_in_room_order(receiver: Receiver, rooms: list[str]) -> None:
+    """No event was ever sent before every earlier event of its room had been accepted."""
+    accepted: set[int] = set()
+    sent_ids: dict[str, list[int]] = {room: [] for room in rooms}
+    for body, signature, status in list(receiver.requests):
+        expected = hmac.new(HOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+        assert signature == f"sha256={expected}"
+        event = json.loads(body)
+        assert event["type"] == "message.created"
+        assert event["room"] == event["message"]["room"]
+        earlier = [e for e in sent_ids[event["room"]] if e < event["id"]]
+        assert set(earlier) <= accepted, f"event {event['id']} sent before {earlier}"
+        sent_ids[event["room"]].append(event["id"])
+        if status == 200:
+            accepted.add(event["id"])

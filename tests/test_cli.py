@@ -7,7 +7,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,7 +16,16 @@ from websockets.sync.client import connect as ws_connect
 
 from app.core.config import Settings
 from app.core.security import load_secret_key
-from tests.helpers import PASSWORD, SECRET, LiveServer, connect, free_port, join, register
+from tests.helpers import (
+    PASSWORD,
+    SECRET,
+    LiveServer,
+    connect,
+    free_port,
+    join,
+    register,
+    wait_for_health,
+)
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
@@ -72,15 +80,7 @@ def test_create_user_token_and_serve(env: dict[str, str], tmp_path: Path) -> Non
         text=True,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.1)
+        wait_for_health(f"http://127.0.0.1:{port}")
         with ws_connect(f"ws://127.0.0.1:{port}/items/cli-room/ws?token={token}") as ws:
             assert '"type":"welcome"' in str(ws.recv(timeout=5))
     finally:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 
 from app.core.config import Settings
-from tests.helpers import ChatClient, LiveServer, connect, join, register
+from tests.helpers import ChatClient, LiveServer, connect, fill_room, join, register
 
 
 async def send_and_ack(client: ChatClient, bodies: list[str]) -> list[int]:
@@ -138,3 +140,62 @@ async def test_message_survives_a_restart(settings: Settings) -> None:
         assert bodies(history) == ["before restart"]
     finally:
         second.stop()
+
+
+# Each escaped to six bytes of JSON (\u0000): 50 such messages make a 1.2 MB replay, more
+# than a default websockets client takes in one frame (1 MiB, else it closes with 1009).
+def heavy(count: int) -> list[str]:
+    return [f"{i}:" + "\0" * 3990 for i in range(count)]
+
+
+async def rest_pages(http: httpx.AsyncClient, token: str, query: str) -> list[dict[str, Any]]:
+    """Every page of GET /items/big/messages from query on, following has_more: backwards
+    (before=) or, with after=, forwards."""
+    forwards = query.startswith("after=")
+    messages: list[dict[str, Any]] = []
+    while True:
+        page = (
+            await http.get(
+                f"/items/big/messages?limit=200&{query}",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        ).json()
+        messages = messages + page["messages"] if forwards else page["messages"] + messages
+        if not page["has_more"]:
+            return messages
+        cursor = page["messages"][-1 if forwards else 0]["id"]
+        query = f"after={cursor}" if forwards else f"before={cursor}"
+
+
+async def test_a_replay_too_big_for_a_default_client_is_cut_and_the_rest_paged_by_rest(
+    server: LiveServer, http: httpx.AsyncClient, settings: Settings
+) -> None:
+    token = await register(http, "alice")
+    fill_room(settings.database_url, "big", "alice", heavy(50))
+    client = await connect(server, "big", token)  # websockets' default max_size: 1 MiB
+    _, history = await client.join()
+    assert history["has_more"] is True
+    replayed = bodies(history)
+    assert 0 < len(replayed) < 50 and replayed == heavy(50)[-len(replayed) :]  # the newest
+    older = await rest_pages(http, token, f"before={history['messages'][0]['id']}")
+    assert [m["body"] for m in older] + replayed == heavy(50)
+
+
+async def test_a_resume_too_big_for_one_frame_still_gets_every_message_once(
+    server: LiveServer, http: httpx.AsyncClient, settings: Settings
+) -> None:
+    alice_token, bob_token = await register(http, "alice"), await register(http, "bob")
+    fill_room(settings.database_url, "big", "alice", heavy(100))
+    bob = await connect(server, "big", bob_token, query="since=0")
+    _, history = await bob.join()
+    assert history["has_more"] is True
+    replayed = bodies(history)
+    assert 0 < len(replayed) < 100 and replayed == heavy(100)[: len(replayed)]  # the oldest
+    alice = await join(server, "big", alice_token)
+    await alice.send("live")  # arrives while bob pages forward
+    live = await bob.recv_type("message")
+    rest = await rest_pages(http, bob_token, f"after={history['messages'][-1]['id']}")
+    # The pages may hold the live message too; a client keys messages by id.
+    by_id = {m["id"]: m["body"] for m in [*history["messages"], *rest, live]}
+    assert [by_id[i] for i in sorted(by_id)] == [*heavy(100), "live"]
+    assert len(history["messages"]) + len(rest) == 101

@@ -31,8 +31,10 @@ class FakeSocket:
         self.written: list[bytes] = []
         self.paused = False
         self.refuses = False
+        self.unsent = 0  # bytes written that the peer has not taken
         self.resumed = asyncio.Event()
-        extensions = {PREPARED_FRAMES: {"write": self.write_prepared}} if prepared else {}
+        extension = {"write": self.write_prepared, "unsent": lambda: self.unsent}
+        extensions = {PREPARED_FRAMES: extension} if prepared else {}
         self.scope: dict[str, Any] = {"type": "websocket", "extensions": extensions}
 
     async def send_text(self, text: str) -> None:
@@ -132,6 +134,19 @@ async def test_an_outbox_over_its_byte_limit_is_closed_1013() -> None:
     hub.deliver("r", [Frame("67890", 2)])
     assert connection.close_code is None
     hub.deliver("r", [Frame("abcdef", 3)])  # 11 bytes waiting
+    assert connection.close_code == 1013
+
+
+async def test_bytes_written_but_not_taken_count_against_the_byte_limit() -> None:
+    """A history replay the peer has not read yet counts against the send buffer."""
+    hub, slow = Hub(), FakeSocket(prepared=True)
+    connection = Connection(user="ann", room="r", max_frames=0, max_bytes=10, token=TOKEN)
+    hub.add(connection)
+    slow.unsent, slow.paused = 8, True  # a replay of 8 bytes, unread; nothing more is taken
+    connection.start(cast(WebSocket, slow), skip_through=0, until=ended())
+    hub.deliver("r", [Frame("12", 1)])
+    assert connection.close_code is None
+    hub.deliver("r", [Frame("3", 2)])  # 11 bytes not taken
     assert connection.close_code == 1013
 
 

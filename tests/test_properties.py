@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import string
 from collections.abc import Iterator
@@ -45,6 +46,11 @@ ROOM_CHARS = string.ascii_letters + string.digits + "_.:-"
 ROOM_MIN, ROOM_MAX = 1, 64
 USERNAME_CHARS = string.ascii_letters + string.digits + "_.-"
 USERNAME_MIN, USERNAME_MAX = 3, 32
+
+# Valid JSON that Python's json refuses: nesting past the recursion limit (RecursionError),
+# an integer of more than 4300 digits (ValueError). Both fit in a default 64 KiB frame.
+DEEPLY_NESTED = '{"body":' + "[" * 60_000
+HUGE_INTEGER = '{"type":"message","body":"x","n":' + "1" * 5000 + "}"
 
 max_chars_st = st.integers(min_value=1, max_value=80)
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
@@ -96,6 +102,8 @@ def assert_well_formed(result: ClientMessage | FrameError, max_chars: int) -> No
 @example(text="{", max_chars=5)
 @example(text="[1, 2]", max_chars=5)
 @example(text='{"type": "message", "body": "\\u0000"}', max_chars=5)
+@example(text=DEEPLY_NESTED, max_chars=5)
+@example(text=HUGE_INTEGER, max_chars=5)
 def test_any_text_is_a_message_or_a_documented_error(text: str, max_chars: int) -> None:
     assert_well_formed(parse(text, max_chars), max_chars)
 
@@ -255,6 +263,26 @@ async def test_a_lone_surrogate_costs_no_one_else_their_messages(
             errors.append(frame["code"])
     assert errors == [], f"bob's messages failed because of alice's: {errors[:3]}..."
     assert acknowledged == sent
+
+
+@pytest.mark.parametrize("text", [DEEPLY_NESTED, HUGE_INTEGER], ids=["nested", "integer"])
+async def test_json_python_cannot_parse_is_answered_and_the_socket_stays_open(
+    server: LiveServer, text: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    uvicorn_log = logging.getLogger("uvicorn.error")  # where an escaping exception lands
+    uvicorn_log.addHandler(caplog.handler)
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            token = await register(http, "alice")
+        alice = await join(server, "r1", token)
+        await alice.ws.send(text)
+        error = await alice.recv_type("error")
+        assert error["code"] == "invalid_json"
+        await alice.send("still here")
+        assert (await alice.recv_type("message"))["body"] == "still here"
+    finally:
+        uvicorn_log.removeHandler(caplog.handler)
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
 
 
 # --- room ids and usernames, in-process ------------------------------------------------------

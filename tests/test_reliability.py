@@ -23,7 +23,15 @@ from sqlalchemy.engine import make_url
 from websockets.exceptions import ConnectionClosed
 
 from app.core.config import Settings
-from tests.helpers import SECRET, ChatClient, LiveServer, free_port, join, register
+from tests.helpers import (
+    SECRET,
+    ChatClient,
+    LiveServer,
+    free_port,
+    join,
+    register,
+    wait_for_health,
+)
 
 
 async def history(http: httpx.AsyncClient, token: str, room: str = "r1") -> list[dict[str, Any]]:
@@ -304,14 +312,7 @@ def test_sigterm_finishes_writes_and_closes_sockets_with_1001(tmp_path: Path) ->
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"{base}/healthz")
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+        wait_for_health(base)
 
         async def scenario() -> tuple[int, list[dict[str, Any]]]:
             async with httpx.AsyncClient(base_url=base) as http:

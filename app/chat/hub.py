@@ -3,8 +3,9 @@
 Fan-out never waits for a socket. A connection's frames are written at once when nothing is
 queued before them and the socket takes them without waiting (the usual case); otherwise
 they go into the connection's bounded outbox, drained by a sender task that lives only
-while there is something to send. A connection whose outbox is over its limits (frames or
-bytes) is closed with 1013, and its failing affects no one else.
+while there is something to send. A connection over its limits (frames in its outbox, or
+bytes in its outbox and its socket's buffer, the history replay included) is closed with
+1013, and its failing affects no one else.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from starlette.status import WS_1013_TRY_AGAIN_LATER
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from app.core.security import TokenClaims
-from app.wire import prepare, send_texts, write_now
+from app.wire import prepare, send_texts, unsent_bytes, write_now
 
 logger = logging.getLogger("chatroom.hub")
 
@@ -102,12 +103,17 @@ class Connection:
         self._outbox += fresh
         self._outbox_bytes += sum(len(frame.text) for frame in fresh)
         if (self._max_frames and len(self._outbox) > self._max_frames) or (
-            self._max_bytes and self._outbox_bytes > self._max_bytes
+            self._max_bytes and self._behind(websocket) > self._max_bytes
         ):
             return False
         if websocket is not None and self._sender is None:
             self._sender = asyncio.create_task(self._drain(websocket))
         return True
+
+    def _behind(self, websocket: WebSocket | None) -> int:
+        """Bytes given to this socket that its peer has not taken: the outbox, and what the
+        socket's buffer still holds of earlier writes (its history replay, say)."""
+        return self._outbox_bytes + (0 if websocket is None else unsent_bytes(websocket))
 
     def start(self, websocket: WebSocket, *, skip_through: int, until: asyncio.Timeout) -> bool:
         """Start sending, after the history replay; False if aborted meanwhile.

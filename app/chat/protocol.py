@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 
 MAX_CLIENT_MSG_ID_CHARS = 64
+# A default `websockets` client (max_size) refuses a larger message, closing with 1009.
+CLIENT_MAX_MESSAGE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,11 @@ def parse_client_frame(text: str, *, max_chars: int) -> ClientMessage:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise FrameError("invalid_json", f"frame is not valid JSON: {exc.msg}") from exc
+        except (ValueError, RecursionError) as exc:
+            # Valid JSON that Python refuses: an integer of more digits than
+            # sys.get_int_max_str_digits(), or nesting deeper than the recursion limit.
+            detail = "nested too deeply" if isinstance(exc, RecursionError) else "number too long"
+            raise FrameError("invalid_json", f"frame is not valid JSON: {detail}") from exc
         return _parse_object(data, max_chars=max_chars)
     if _is_json(stripped):
         # `[1]` or `42` is a client that meant a frame, not a message that reads like code.
@@ -62,7 +69,11 @@ def _parse_object(data: dict[str, Any], *, max_chars: int) -> ClientMessage:
     kind = data.get("type")
     if kind != "message":
         raise FrameError("unknown_type", f"unknown frame type {kind!r}; expected 'message'")
-    client_msg_id = data.get("client_msg_id")
+    return parse_message(data.get("body"), data.get("client_msg_id"), max_chars=max_chars)
+
+
+def parse_message(body: Any, client_msg_id: Any, *, max_chars: int) -> ClientMessage:
+    """The rules of a message's body and client_msg_id, for the socket and for REST alike."""
     if client_msg_id is not None and (
         not isinstance(client_msg_id, str)
         or not 1 <= len(client_msg_id) <= MAX_CLIENT_MSG_ID_CHARS
@@ -72,7 +83,6 @@ def _parse_object(data: dict[str, Any], *, max_chars: int) -> ClientMessage:
             "invalid_client_msg_id",
             f"'client_msg_id' must be a string of 1 to {MAX_CLIENT_MSG_ID_CHARS} characters",
         )
-    body = data.get("body")
     try:
         if not isinstance(body, str):
             raise FrameError("invalid_body", "'body' must be a string")
@@ -145,6 +155,28 @@ def history_frame(room: str, messages: Sequence[str], has_more: bool) -> str:
         f'{{"type":"history","room":{encode(room)},"messages":[{",".join(messages)}],'
         f'"has_more":{encode(has_more)}}}'
     )
+
+
+def history_budget(send_buffer_bytes: int) -> int:
+    """The most bytes a history frame may take.
+
+    Half a socket's send buffer: the replay counts against that buffer, and what arrives
+    while it is being read must fit behind it. Never more than a default websockets client
+    accepts, also when the buffer is raised or unlimited (0).
+    """
+    half = send_buffer_bytes // 2
+    return min(half, CLIENT_MAX_MESSAGE_BYTES) if half else CLIENT_MAX_MESSAGE_BYTES
+
+
+def history_space(room: str, budget: int) -> int:
+    """What a history frame of room within budget leaves its messages, of which each takes
+    its message_bytes (which counts the comma that joins it to the next)."""
+    return budget + 1 - len(history_frame(room, [], False))  # room ids are ASCII
+
+
+def message_bytes(text: str) -> int:
+    """What an encoded message takes in a history frame: its UTF-8 size and a comma."""
+    return (len(text) if text.isascii() else len(text.encode())) + 1
 
 
 def presence_frame(kind: str, *, room: str, user: str) -> str:

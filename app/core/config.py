@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field
+from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -29,6 +30,8 @@ class Settings(BaseSettings):
     access_token_minutes: int = Field(default=24 * 60, ge=1)
     open_registration: bool = True
     history_limit: int = Field(default=50, ge=0, le=1000)
+    # The join replays of recently joined rooms, kept encoded: at most this many bytes in all.
+    replay_cache_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
     max_message_chars: int = Field(default=4000, ge=1)
     max_frame_bytes: int = Field(default=64 * 1024, ge=1024)
     # Per-connection outbound buffer: a reader this far behind is closed with 1013.
@@ -49,8 +52,34 @@ class Settings(BaseSettings):
     login_failures_per_username: int = Field(default=5, ge=0)
     login_failures_per_address: int = Field(default=20, ge=0)
     login_lockout_seconds: float = Field(default=300.0, ge=0)
+    # Connections (see app/guard.py). A request must arrive whole within this time of the
+    # connection's opening (or of its first byte on a kept-alive connection): else 408.
+    request_timeout_seconds: float = Field(default=10.0, gt=0)
+    keep_alive_seconds: int = Field(default=5, ge=1)  # idle between requests, then closed
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)  # request line and headers: 431
+    # Open connections, WebSockets included; None: the open-file limit less a reserve; 0: off.
+    max_connections: int | None = Field(default=None, ge=0)
+    backlog: int = Field(default=2048, ge=1)  # connections the kernel queues before accept
     host: str = "127.0.0.1"
     port: int = 8080
+
+    # Webhooks (app/chat/webhooks.py): every stored message POSTed here, signed with the
+    # secret. Unset: off, and the writer keeps no outbox.
+    webhook_url: HttpUrl | None = None
+    webhook_secret: SecretStr | None = None
+    # Failed deliveries are retried after 1, 2, 4, ... seconds, at most this long apart.
+    webhook_retry_max_seconds: float = Field(default=60.0, gt=0)
+
+    @field_validator("webhook_url", "webhook_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _webhook_needs_secret(self) -> Self:
+        if self.webhook_url is not None and self.webhook_secret is None:
+            raise ValueError("CHATROOM_WEBHOOK_SECRET must be set with CHATROOM_WEBHOOK_URL")
+        return self
 
     @property
     def allowed_origin_list(self) -> frozenset[str]:

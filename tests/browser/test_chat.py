@@ -143,6 +143,24 @@ async def test_history_on_reload_and_load_older(
     await expect(alice.locator(MESSAGES).last).to_have_class(re.compile(r"\bown\b"))
 
 
+@pytest.mark.parametrize("settings", [{"send_buffer_bytes": 600}], indirect=True)
+async def test_a_replay_cut_to_fit_the_send_buffer_loads_the_rest_on_request(
+    browsers: Browsers, server: LiveServer, poster: OpenPoster
+) -> None:
+    """A history frame takes at most half a socket's send buffer (300 bytes here): the
+    newest message does not fit, so the replay holds none, and says older ones exist."""
+    bob = await poster(server, "ticket-1", await browsers.token("bob"))
+    bodies = ["message 1", "message 2", "x" * MAX_MESSAGE_CHARS]
+    await bob.say(*bodies)
+    alice = await browsers.open_room("alice", "ticket-1")
+    older = alice.get_by_role("button", name="Load older messages")
+    await expect(older).to_be_visible()
+    await expect(alice.locator(TEXTS)).to_have_count(0)
+    await older.click()
+    await expect(alice.locator(TEXTS)).to_have_text(bodies)
+    await expect(older).to_be_hidden()
+
+
 async def test_refused_message_is_explained_next_to_the_box(browsers: Browsers) -> None:
     alice = await browsers.open_room("alice", "ticket-1")
     box = alice.get_by_label("Message", exact=True)
