@@ -21,7 +21,7 @@ from app.core.config import Settings
 from app.core.db import create_engine, create_session_factory
 from app.core.migrate import NotMigrated, ensure_at_head, upgrade
 from app.core.models import utcnow
-from app.core.security import create_access_token, load_secret_key
+from app.core.security import BadPublicKey, create_access_token, load_public_key, load_secret_key
 from app.core.users import (
     UsernameTaken,
     change_password,
@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "delete-user":
             return asyncio.run(_delete_user(settings, args.name))
         return asyncio.run(_print_token(settings, args.name, args.minutes, args.rooms))
-    except NotMigrated as exc:  # the usual cause: run from another directory than the server
+    except (NotMigrated, BadPublicKey) as exc:
+        # NotMigrated's usual cause: run from another directory than the server.
         print(f"chatroom: {exc}", file=sys.stderr)
         return 1
 
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
+    load_public_key(settings)  # one line now, not a traceback per worker
     if args.no_migrate:
         asyncio.run(_check_database(settings))  # one line now, not a traceback per worker
     else:

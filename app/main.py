@@ -23,7 +23,7 @@ from app.core.db import create_engine, create_session_factory
 from app.core.logs import install_redaction
 from app.core.migrate import ensure_at_head
 from app.core.revocations import Revocations
-from app.core.security import load_secret_key
+from app.core.security import load_public_key, load_secret_key
 from app.core.throttle import LoginThrottle
 from app.core.users import UserCache
 from app.server import install_graceful_stop
@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        public_key = load_public_key(settings)  # parsed once; a bad one stops the start
         engine = create_engine(settings.database_url)
         try:
             await ensure_at_head(engine)
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 engine=engine,
                 sessions=sessions,
                 secret_key=load_secret_key(settings),
+                public_key=public_key,
                 chat=chat,
                 revocations=revocations,
                 users=UserCache(sessions),

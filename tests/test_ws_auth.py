@@ -28,7 +28,9 @@ def forged_tokens() -> dict[str, str]:
         "alg_none": f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64({'sub': 'alice', 'exp': exp})}.",
         "expired": create_access_token("alice", key=SECRET, minutes=-5),
         "no_exp": jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"),
-        "unknown_user": create_access_token("ghost", key=SECRET, minutes=5),
+        # A valid token for an unknown user is a host's, and makes the account
+        # (tests/test_host_tokens.py); one whose sub no user could have is refused.
+        "invalid_sub": create_access_token("not a user!", key=SECRET, minutes=5),
         "hs512": jwt.encode({"sub": "alice", "exp": exp}, SECRET, algorithm="HS512"),
     }
 

@@ -30,7 +30,7 @@ from app.api.schemas import RoomId
 from app.chat.service import ChatService
 from app.core.config import Settings
 from app.core.revocations import Revocations
-from app.core.security import InvalidToken, TokenClaims, decode_access_token
+from app.core.security import InvalidToken, PublicKey, TokenClaims, decode_access_token
 from app.core.throttle import LoginThrottle
 from app.core.users import UserCache
 
@@ -47,6 +47,7 @@ class Services:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     secret_key: str
+    public_key: PublicKey | None  # a host's, for the tokens it mints (RS256, ES256)
     chat: ChatService
     revocations: Revocations
     login_throttle: LoginThrottle
@@ -94,13 +95,14 @@ async def _identify(services: Services, token: str | None) -> Identity | None:
     if not token:
         return None
     try:
-        claims = decode_access_token(token, key=services.secret_key)
+        claims = decode_access_token(token, key=services.secret_key, public_key=services.public_key)
     except InvalidToken:
         return None
     if services.revocations.refusal(claims) is not None:
         return None
-    user = await services.users.get(claims.username)
-    if user is None or claims.issued_before(user.tokens_valid_after):
+    # A valid token for a user chatroom has not seen is a host's: the account is made now.
+    user = await services.users.get_or_create(claims.username)
+    if claims.issued_before(user.tokens_valid_after):  # deleted accounts included
         return None
     return Identity(user.username, claims)
 

@@ -7,7 +7,9 @@ from typing import Annotated, Any
 from fastapi import Path
 from pydantic import BaseModel, Field
 
-USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,32}$"
+# Re-exported: the routes find every validation rule here.
+from app.core.models import USERNAME_PATTERN as USERNAME_PATTERN
+
 ROOM_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 PASSWORD_MIN_CHARS = 8
 PASSWORD_MAX_CHARS = 1024  # Argon2 takes any length; this bounds the work one request costs

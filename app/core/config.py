@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     # None: read from / generate into secret_key_file (see app/secret.py).
     secret_key: str | None = None
     secret_key_file: Path | None = None
+    # A host application's public key (PEM) verifying the RS256 or ES256 tokens it mints:
+    # the PEM text, or a file holding it.
+    jwt_public_key: str | None = None
+    jwt_public_key_file: Path | None = None
     access_token_minutes: int = Field(default=24 * 60, ge=1)
     open_registration: bool = True
     history_limit: int = Field(default=50, ge=0, le=1000)

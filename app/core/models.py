@@ -46,6 +46,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 JTI_MAX_CHARS = 64  # a longer jti is refused: the revocations table could not hold it
+# What a username may be (registration, and the `sub` of a token): fits users.username.
+USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,32}$"
 
 
 def utcnow() -> datetime:

@@ -7,6 +7,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -43,6 +44,17 @@ class UserCache:
             self._loading[username] = loading
         return await asyncio.shield(loading)
 
+    async def get_or_create(self, username: str) -> User:
+        """The account, created on first use (a user a host's token names) when absent."""
+        user = await self.get(username)
+        if user is not None:
+            return user
+        started = time.monotonic()
+        async with self._sessions() as session:
+            user = await create_if_absent(session, username=username)
+        self._remember(username, started, user)
+        return user
+
     async def _load(self, username: str) -> User | None:
         started = time.monotonic()
         try:
@@ -50,10 +62,13 @@ class UserCache:
                 user = await get_user(session, username=username)
         finally:
             del self._loading[username]
+        self._remember(username, started, user)
+        return user
+
+    def _remember(self, username: str, started: float, user: User | None) -> None:
         if len(self._users) >= 10_000:
             self._users.clear()  # bounded; a miss only costs one query
         self._users[username] = (started, user)
-        return user
 
 
 class UsernameTaken(Exception):
@@ -76,6 +91,26 @@ async def create_user(session: AsyncSession, *, username: str, password: str) ->
     except IntegrityError as exc:
         await session.rollback()
         raise UsernameTaken(username) from exc
+    return user
+
+
+async def create_if_absent(session: AsyncSession, *, username: str) -> User:
+    """The account named username, created and committed without a password if there is
+    none: it cannot sign in with one, only with tokens. Handshakes racing to create the
+    same account all get it (ON CONFLICT DO NOTHING), on every process. A deleted account
+    stays deleted: its row is there.
+    """
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    # The write first: a SQLite transaction that reads before it writes cannot wait for
+    # another process's write lock.
+    await session.execute(
+        insert(User)
+        .values(username=username, password_hash="", created_at=utcnow())
+        .on_conflict_do_nothing(index_elements=[User.username])
+    )
+    user = (await session.scalars(select(User).where(User.username == username))).one()
+    await session.commit()
     return user
 
 
