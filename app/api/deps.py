@@ -31,7 +31,7 @@ from app.chat.service import ChatService
 from app.core.config import Settings
 from app.core.revocations import Revocations
 from app.core.security import InvalidToken, TokenClaims, decode_access_token
-from app.core.throttle import LoginThrottle
+from app.core.throttle import HashGate, LoginThrottle
 from app.core.users import UserCache
 
 SESSION_COOKIE = "session"
@@ -50,6 +50,7 @@ class Services:
     chat: ChatService
     revocations: Revocations
     login_throttle: LoginThrottle
+    hashing: HashGate
     users: UserCache
 
 
