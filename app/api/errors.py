@@ -48,7 +48,9 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 
 async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
     if not _wants_page(request):
-        return await request_validation_exception_handler(request, exc)
+        # FastAPI's 422 less each error's `input`, which would echo a password back.
+        errors = [{k: v for k, v in error.items() if k != "input"} for error in exc.errors()]
+        return await request_validation_exception_handler(request, RequestValidationError(errors))
     # A path that names nothing (`/chat/my room`) is a page that does not exist.
     in_path = any(error["loc"][0] == "path" for error in exc.errors())
     return _error_page(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import CurrentIdentity, Services, ServicesDep, SessionDep
@@ -26,11 +28,12 @@ from app.core.throttle import LoginThrottled, TryLater
 from app.core.users import UsernameTaken, change_password, create_user, login
 
 router = APIRouter(prefix="/auth", tags=["auth"])
+logger = logging.getLogger("chatroom.auth")
 
 # What a route that checks or stores a password may answer instead of doing it.
 NOT_NOW: dict[int | str, dict[str, Any]] = {
     429: error("Too many failed logins for this username or address; see Retry-After"),
-    503: error("Password checks are all busy; see Retry-After"),
+    503: error("Password checks are all busy (see Retry-After), or the disk is full"),
 }
 
 
@@ -40,8 +43,15 @@ def issue_token(services: Services, username: str) -> TokenOut:
     return TokenOut(access_token=token, expires_in=minutes * 60)
 
 
-def not_now(exc: TryLater) -> HTTPException:
+def not_now(exc: TryLater | OperationalError) -> HTTPException:
     """The answer to an attempt that was not carried out, worded for people (pages show it)."""
+    if isinstance(exc, OperationalError):
+        # The driver's message only: the statement's parameters hold the password hash.
+        logger.error("could not store an account change: %s", exc.orig)
+        return HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "The server could not store this (its disk may be full). Try again later.",
+        )
     seconds = math.ceil(exc.retry_after)
     headers = {"Retry-After": str(seconds)}
     if isinstance(exc, LoginThrottled):
@@ -75,7 +85,7 @@ async def new_account(db: AsyncSession, services: Services, credentials: Credent
         return await create_user(
             db, services.hashing, username=credentials.username, password=credentials.password
         )
-    except TryLater as exc:
+    except (TryLater, OperationalError) as exc:
         raise not_now(exc) from None
 
 
@@ -175,7 +185,7 @@ async def renew_password(
             password=new_password,
             token_minutes=services.settings.access_token_minutes,
         )
-    except TryLater as exc:
+    except (TryLater, OperationalError) as exc:
         raise not_now(exc) from None
     await services.chat.check_credentials()  # here at once; other processes within a second
     return issue_token(services, user.username)
