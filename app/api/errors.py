@@ -23,6 +23,8 @@ from app.api.routes import pages
 
 MESSAGES = {
     status.HTTP_400_BAD_REQUEST: "This request could not be read.",
+    # Pages raise 403 for one reason only (pages.same_site_forms).
+    status.HTTP_403_FORBIDDEN: "A page of another site sent this form, so nothing was done.",
     status.HTTP_404_NOT_FOUND: "There is no page at this address.",
     status.HTTP_405_METHOD_NOT_ALLOWED: "This address cannot be used that way.",
 }

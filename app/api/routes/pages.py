@@ -20,6 +20,7 @@ from app.api.deps import (
     ServicesDep,
     SessionDep,
     optional_identity,
+    same_site,
 )
 from app.api.headers import content_security_policy
 from app.api.routes.auth import issue_token, new_account, renew_password, sign_in
@@ -36,11 +37,21 @@ from app.core.config import resource
 from app.core.revocations import sign_out
 from app.core.users import UsernameTaken
 
-router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=resource("templates"))
 # The length rule of every new-password field.
 templates.env.globals.update(min_password=PASSWORD_MIN_CHARS, max_password=PASSWORD_MAX_CHARS)
 
+
+async def same_site_forms(request: Request, services: ServicesDep) -> None:
+    """Refuse a form posted by another site: it could sign a visitor in to the attacker's
+    account (login CSRF), or out. The session cookie's SameSite=Lax does not cover that.
+    errors.py answers with the error page."""
+    safe = request.method in ("GET", "HEAD")
+    if not safe and not same_site(request, services.settings.allowed_origin_list):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "form posted from another site")
+
+
+router = APIRouter(include_in_schema=False, dependencies=[Depends(same_site_forms)])
 BrowserUser = Annotated[Identity | None, Depends(optional_identity)]
 ROOM_RULE = "Item ids are 1 to 64 letters, digits, '.', '_', ':' or '-'."
 
