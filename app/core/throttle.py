@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -106,7 +109,9 @@ class HashGate:
     """
 
     def __init__(self, *, running: int, waiting: int) -> None:
-        self._pool = ThreadPoolExecutor(running, thread_name_prefix="argon2")
+        self._pool = ThreadPoolExecutor(
+            running, thread_name_prefix="argon2", initializer=_below_the_event_loop
+        )
         self._admitted = 0
         self._capacity = running + waiting
 
@@ -121,3 +126,10 @@ class HashGate:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _below_the_event_loop() -> None:
+    """Lower this thread's priority (on Linux, niceness is per thread, and the threads
+    libargon2 starts for its lanes inherit it): the chat's event loop comes first."""
+    if sys.platform == "linux":
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)

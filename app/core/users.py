@@ -146,6 +146,9 @@ async def authenticate(
 ) -> User | None:
     """The user when the password matches, else None (same cost either way)."""
     user = await get_user(session, username=username)
+    # The read ends here: a crowd of logins waiting for Argon2 must not hold the pool's
+    # database connections (the chat needs them). Loaded attributes outlive the commit.
+    await session.commit()
     ok = await hashing.run(
         verify_password, password, user.password_hash if user is not None else None
     )
