@@ -22,6 +22,7 @@ from app.core.db import create_engine, create_session_factory
 from app.core.migrate import NotMigrated, ensure_at_head, upgrade
 from app.core.models import utcnow
 from app.core.security import BadPublicKey, create_access_token, load_public_key, load_secret_key
+from app.core.throttle import HashGate
 from app.core.users import (
     UsernameTaken,
     change_password,
@@ -31,6 +32,8 @@ from app.core.users import (
     is_deleted,
 )
 from app.server import uvicorn_options
+
+HASHING = HashGate(running=1, waiting=0)  # a command hashes one password
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,7 +183,9 @@ async def _create_user(settings: Settings, name: str, from_stdin: bool) -> int:
         if credentials is None:
             return 2
         try:
-            await create_user(session, username=credentials.username, password=credentials.password)
+            await create_user(
+                session, HASHING, username=credentials.username, password=credentials.password
+            )
         except UsernameTaken:
             print(f"username {name!r} is taken", file=sys.stderr)
             return 1
@@ -200,6 +205,7 @@ async def _set_password(settings: Settings, name: str, from_stdin: bool) -> int:
         # As POST /auth/password: every token issued before now is refused from now on.
         await change_password(
             session,
+            HASHING,
             user=user,
             password=credentials.password,
             token_minutes=settings.access_token_minutes,

@@ -24,7 +24,7 @@ from app.core.logs import install_redaction
 from app.core.migrate import ensure_at_head
 from app.core.revocations import Revocations
 from app.core.security import load_public_key, load_secret_key
-from app.core.throttle import LoginThrottle
+from app.core.throttle import HashGate, LoginThrottle
 from app.core.users import UserCache
 from app.server import install_graceful_stop
 
@@ -73,6 +73,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     per_address=settings.login_failures_per_address,
                     window_seconds=settings.login_lockout_seconds,
                 ),
+                hashing=HashGate(
+                    running=settings.password_hash_concurrency,
+                    waiting=settings.password_hash_queue,
+                ),
             )
             uninstall = install_graceful_stop(chat.stop)
             # On the app, not in lifespan state: that state is copied into every request's
@@ -85,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if webhooks:
                     await webhooks.stop()
                 await chat.stop()
+                services.hashing.close()
         finally:
             await engine.dispose()
 

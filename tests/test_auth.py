@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import resource
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import httpx
 import pytest
 
@@ -88,3 +92,52 @@ async def test_healthz(http: httpx.AsyncClient) -> None:
     # Monitors and load balancers often probe with HEAD.
     head = await http.head("/healthz")
     assert head.status_code == 200 and head.content == b""
+
+
+@contextmanager
+def full_disk() -> Iterator[None]:
+    """No file of this process (the test server's too) may grow past 4 KiB for a while:
+    SQLite's next write fails as it does on a full disk. Python ignores SIGXFSZ, so the
+    write itself fails, with EFBIG."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+async def test_registration_on_a_full_disk_is_503_and_loses_nothing(
+    server: LiveServer, http: httpx.AsyncClient
+) -> None:
+    await register(http, "alice")
+    with full_disk():
+        api = await http.post("/auth/register", json={"username": "bob", "password": PASSWORD})
+        page = await http.post("/register", data={"username": "carol", "password": PASSWORD})
+    assert api.status_code == 503
+    assert api.json()["detail"].startswith("The server could not store this")
+    assert page.status_code == 503 and "set-cookie" not in page.headers
+    assert "could not store this (its disk may be full)" in page.text
+    assert 'value="carol"' in page.text
+    # With room on the disk again, both names can be registered, and alice is still there.
+    await register(http, "bob")
+    again = await http.post("/register", data={"username": "carol", "password": PASSWORD})
+    assert again.status_code == 303
+    alice = await http.post("/auth/token", data={"username": "alice", "password": PASSWORD})
+    assert alice.status_code == 200
+
+
+async def test_invalid_requests_never_echo_the_password(http: httpx.AsyncClient) -> None:
+    secret = "hunter2"  # too short: refused
+    response = await http.post("/auth/register", json={"username": "alice", "password": secret})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "password"]
+    assert secret not in response.text
+    token = await register(http, "alice")
+    long_secret = "x" * 2000  # too long for the new password
+    change = await http.post(
+        "/auth/password",
+        json={"current_password": PASSWORD, "new_password": long_secret},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert change.status_code == 422 and long_secret not in change.text

@@ -22,10 +22,20 @@ OPERATIONS = {
 
 def test_every_endpoint_that_needs_a_user_documents_401_and_its_403s() -> None:
     authenticated = {name for name, op in OPERATIONS.items() if op.get("security")}
-    assert authenticated == {"POST /auth/password", "GET /items/{item_id}/messages", "GET /rooms"}
+    assert authenticated == {
+        "POST /auth/password",
+        "GET /items/{item_id}/messages",
+        "POST /items/{item_id}/messages",
+        "GET /rooms",
+    }
     for name in authenticated:
         assert "401" in OPERATIONS[name]["responses"], name
-    for name in ("POST /auth/password", "GET /items/{item_id}/messages", "POST /auth/register"):
+    for name in (
+        "POST /auth/password",
+        "GET /items/{item_id}/messages",
+        "POST /items/{item_id}/messages",
+        "POST /auth/register",
+    ):
         assert "403" in OPERATIONS[name]["responses"], name
     refusal = OPERATIONS["GET /rooms"]["responses"]["401"]["content"]["application/json"]
     assert refusal["schema"] == {"$ref": "#/components/schemas/ErrorOut"}

@@ -273,3 +273,35 @@ async def test_chat_page_links_to_the_account_page(server: LiveServer) -> None:
         await register(http, "alice")
         await http.post("/login", data={"username": "alice", "password": PASSWORD})
         assert 'href="/account"' in (await http.get("/chat/r1")).text
+
+
+async def test_forms_posted_from_another_site_are_refused(server: LiveServer) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        await register(http, "alice")
+        signed_in = await http.post("/login", data={"username": "alice", "password": PASSWORD})
+        assert signed_in.status_code == 303
+        forms = {
+            "/login": {"username": "alice", "password": PASSWORD},
+            "/register": {"username": "mallory", "password": PASSWORD},
+            "/logout": {},
+            "/account": {
+                "current_password": PASSWORD,
+                "new_password": "mallory's choice",
+                "repeat_password": "mallory's choice",
+            },
+        }
+        for origin in ("http://evil.example", "null"):
+            for path, form in forms.items():
+                refused = await http.post(path, data=form, headers={"Origin": origin})
+                assert refused.status_code == 403, path
+                assert "A page of another site sent this form" in refused.text
+                assert "set-cookie" not in refused.headers
+        # Nothing was done: no account for mallory, alice still signed in with her password.
+        assert (await http.get("/chat")).status_code == 200
+        mallory = await http.post("/auth/token", data=forms["/register"])
+        assert mallory.status_code == 401
+        # From the server's own pages, each form works.
+        own = {"Origin": server.url}
+        for path in ("/logout", "/login", "/account", "/register"):
+            response = await http.post(path, data=forms[path], headers=own)
+            assert response.status_code == 303, path

@@ -59,6 +59,11 @@ async def test_allowed_origins_setting(settings: Settings) -> None:
             await ok.join()
             with pytest.raises(InvalidStatus):
                 await connect(live, "r1", additional_headers=cookie, origin="https://other.example")
+            # The same origins may post the sign-in form, and no others.
+            form = {"username": "alice", "password": PASSWORD}
+            for origin, code in (("https://host-app.example", 303), ("https://other.example", 403)):
+                signed_in = await http.post("/login", data=form, headers={"Origin": origin})
+                assert signed_in.status_code == code
     finally:
         live.stop()
 

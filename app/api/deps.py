@@ -31,7 +31,7 @@ from app.chat.service import ChatService
 from app.core.config import Settings
 from app.core.revocations import Revocations
 from app.core.security import InvalidToken, PublicKey, TokenClaims, decode_access_token
-from app.core.throttle import LoginThrottle
+from app.core.throttle import HashGate, LoginThrottle
 from app.core.users import UserCache
 
 SESSION_COOKIE = "session"
@@ -51,6 +51,7 @@ class Services:
     chat: ChatService
     revocations: Revocations
     login_throttle: LoginThrottle
+    hashing: HashGate
     users: UserCache
 
 
@@ -151,7 +152,7 @@ async def socket_identity(
     if not credential and session:
         # Browsers send cookies with a cross-site WebSocket handshake, and CORS does not
         # apply to it: without this check any page could talk in the user's name.
-        if not _same_site(websocket, services.settings.allowed_origin_list):
+        if not same_site(websocket, services.settings.allowed_origin_list):
             _refuse(websocket, "origin not allowed")
         credential = session
     identity = await _identify(services, credential)
@@ -171,16 +172,18 @@ def _refuse(websocket: WebSocket, reason: str) -> NoReturn:
     raise WebSocketException(status.WS_1008_POLICY_VIOLATION, reason)
 
 
-def _same_site(websocket: WebSocket, allowed: frozenset[str]) -> bool:
-    """True when the handshake's Origin is this server or an allowed origin.
+def same_site(connection: HTTPConnection, allowed: frozenset[str]) -> bool:
+    """True when the request's (a handshake's, a form post's) Origin is this server or an
+    allowed origin.
 
-    Non-browser clients send no Origin and cannot be made to carry a victim's cookie.
+    Non-browser clients send no Origin and cannot be made to carry a victim's cookie, nor to
+    sign a victim in; browsers send one with every handshake and POST ("null" at least).
     """
-    origin = websocket.headers.get("origin")
+    origin = connection.headers.get("origin")
     if origin is None:
         return True
     origin = origin.rstrip("/")
     if origin in allowed:
         return True
-    host = websocket.headers.get("host", "")
+    host = connection.headers.get("host", "")
     return urlsplit(origin).netloc == host and urlsplit(origin).scheme in ("http", "https")

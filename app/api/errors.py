@@ -23,6 +23,8 @@ from app.api.routes import pages
 
 MESSAGES = {
     status.HTTP_400_BAD_REQUEST: "This request could not be read.",
+    # Pages raise 403 for one reason only (pages.same_site_forms).
+    status.HTTP_403_FORBIDDEN: "A page of another site sent this form, so nothing was done.",
     status.HTTP_404_NOT_FOUND: "There is no page at this address.",
     status.HTTP_405_METHOD_NOT_ALLOWED: "This address cannot be used that way.",
 }
@@ -48,7 +50,9 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 
 async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
     if not _wants_page(request):
-        return await request_validation_exception_handler(request, exc)
+        # FastAPI's 422 less each error's `input`, which would echo a password back.
+        errors = [{k: v for k, v in error.items() if k != "input"} for error in exc.errors()]
+        return await request_validation_exception_handler(request, RequestValidationError(errors))
     # A path that names nothing (`/chat/my room`) is a page that does not exist.
     in_path = any(error["loc"][0] == "path" for error in exc.errors())
     return _error_page(

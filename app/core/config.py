@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     login_failures_per_username: int = Field(default=5, ge=0)
     login_failures_per_address: int = Field(default=20, ge=0)
     login_lockout_seconds: float = Field(default=300.0, ge=0)
+    # Argon2 computations at once, and how many more may wait for them (see HashGate).
+    password_hash_concurrency: int = Field(default=2, ge=1)
+    password_hash_queue: int = Field(default=32, ge=0)
     # Connections (see app/guard.py). A request must arrive whole within this time of the
     # connection's opening (or of its first byte on a kept-alive connection): else 408.
     request_timeout_seconds: float = Field(default=10.0, gt=0)

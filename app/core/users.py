@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core.models import User, utcnow
 from app.core.revocations import ACCOUNT_DELETED, PASSWORD_CHANGED, record
 from app.core.security import hash_password, verify_password
-from app.core.throttle import LoginThrottle
+from app.core.throttle import HashGate, LoginThrottle
 
 USER_CACHE_SECONDS = 5.0  # how stale a handshake's view of an account may be
 # tokens_valid_after of a deleted account: every token was issued before it.
@@ -80,10 +80,11 @@ async def get_user(session: AsyncSession, *, username: str) -> User | None:
     return await session.scalar(select(User).where(User.username == username))
 
 
-async def create_user(session: AsyncSession, *, username: str, password: str) -> User:
-    """Create and commit an account; raise UsernameTaken on a clash."""
-    # Argon2 is deliberately slow; off the event loop it does not stall every socket.
-    password_hash = await asyncio.to_thread(hash_password, password)
+async def create_user(
+    session: AsyncSession, hashing: HashGate, *, username: str, password: str
+) -> User:
+    """Create and commit an account; raise UsernameTaken on a clash, HashingBusy when busy."""
+    password_hash = await hashing.run(hash_password, password)
     user = User(username=username, password_hash=password_hash)
     session.add(user)
     try:
@@ -115,13 +116,13 @@ async def create_if_absent(session: AsyncSession, *, username: str) -> User:
 
 
 async def change_password(
-    session: AsyncSession, *, user: User, password: str, token_minutes: int
+    session: AsyncSession, hashing: HashGate, *, user: User, password: str, token_minutes: int
 ) -> None:
     """Set a new password and revoke every token issued before now.
 
     token_minutes: how long tokens live, so how long the revocation must be remembered.
     """
-    user.password_hash = await asyncio.to_thread(hash_password, password)
+    user.password_hash = await hashing.run(hash_password, password)
     user.tokens_valid_after = utcnow()
     await _revoke_all(session, user, PASSWORD_CHANGED, token_minutes)
 
@@ -157,25 +158,33 @@ async def _revoke_all(session: AsyncSession, user: User, reason: str, token_minu
 async def login(
     session: AsyncSession,
     throttle: LoginThrottle,
+    hashing: HashGate,
     *,
     username: str,
     password: str,
     address: str,
 ) -> User | None:
-    """authenticate(), refused with LoginThrottled after too many recent failures."""
-    throttle.check(username=username, address=address)
-    user = await authenticate(session, username=username, password=password)
-    if user is None:
-        throttle.failed(username=username, address=address)
-    else:
-        throttle.succeeded(username=username)
+    """authenticate(), counted by the throttle before the password is checked: raises
+    LoginThrottled after too many recent failures, HashingBusy when every check is busy."""
+    throttle.reserve(username=username, address=address)
+    succeeded: bool | None = None  # None: never checked (busy, or the database failed)
+    try:
+        user = await authenticate(session, hashing, username=username, password=password)
+        succeeded = user is not None
+    finally:
+        throttle.settle(username=username, address=address, succeeded=succeeded)
     return user
 
 
-async def authenticate(session: AsyncSession, *, username: str, password: str) -> User | None:
+async def authenticate(
+    session: AsyncSession, hashing: HashGate, *, username: str, password: str
+) -> User | None:
     """The user when the password matches, else None (same cost either way)."""
     user = await get_user(session, username=username)
-    ok = await asyncio.to_thread(
+    # The read ends here: a crowd of logins waiting for Argon2 must not hold the pool's
+    # database connections (the chat needs them). Loaded attributes outlive the commit.
+    await session.commit()
+    ok = await hashing.run(
         verify_password, password, user.password_hash if user is not None else None
     )
     return user if ok else None

@@ -138,3 +138,26 @@ async def test_an_address_that_names_no_room_answers_a_page_with_a_way_back(
         await expect(page.get_by_role("heading", name="Not Found")).to_be_visible()
         await page.get_by_role("link", name="Back to your rooms").click()
         await expect(page.get_by_role("heading", name="Hello, alice")).to_be_visible()
+
+
+async def test_another_sites_form_cannot_sign_the_visitor_in(
+    browsers: Browsers, server: LiveServer
+) -> None:
+    """Login CSRF: a page elsewhere posts the sign-in form with the attacker's account, so
+    that what the visitor then writes goes to the attacker."""
+    await browsers.token("mallory")
+    page = await browsers.new_page("alice")
+    attack = (
+        f'<form method="post" action="{server.url}/login">'
+        '<input name="username" value="mallory">'
+        f'<input name="password" value="{PASSWORD}">'
+        "<button>Claim your prize</button></form>"
+    )
+    await page.route(
+        "http://evil.example/", lambda route: route.fulfill(content_type="text/html", body=attack)
+    )
+    await page.goto("http://evil.example/")
+    await page.get_by_role("button", name="Claim your prize").click()
+    await expect(page.get_by_text("A page of another site sent this form")).to_be_visible()
+    await page.goto("/chat")
+    await expect(page.get_by_role("heading", name="Hello, alice")).to_be_visible()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import CurrentIdentity, Services, ServicesDep, SessionDep
@@ -22,10 +24,17 @@ from app.api.schemas import (
 )
 from app.core.models import User
 from app.core.security import create_access_token
-from app.core.throttle import LoginThrottled
+from app.core.throttle import LoginThrottled, TryLater
 from app.core.users import UsernameTaken, change_password, create_user, login
 
 router = APIRouter(prefix="/auth", tags=["auth"])
+logger = logging.getLogger("chatroom.auth")
+
+# What a route that checks or stores a password may answer instead of doing it.
+NOT_NOW: dict[int | str, dict[str, Any]] = {
+    429: error("Too many failed logins for this username or address; see Retry-After"),
+    503: error("Password checks are all busy (see Retry-After), or the disk is full"),
+}
 
 
 def issue_token(services: Services, username: str) -> TokenOut:
@@ -34,41 +43,73 @@ def issue_token(services: Services, username: str) -> TokenOut:
     return TokenOut(access_token=token, expires_in=minutes * 60)
 
 
+def not_now(exc: TryLater | OperationalError) -> HTTPException:
+    """The answer to an attempt that was not carried out, worded for people (pages show it)."""
+    if isinstance(exc, OperationalError):
+        # The driver's message only: the statement's parameters hold the password hash.
+        logger.error("could not store an account change: %s", exc.orig)
+        return HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "The server could not store this (its disk may be full). Try again later.",
+        )
+    seconds = math.ceil(exc.retry_after)
+    headers = {"Retry-After": str(seconds)}
+    if isinstance(exc, LoginThrottled):
+        unit = "second" if seconds == 1 else "seconds"
+        detail = f"Too many sign-in attempts. Try again in {seconds} {unit}."
+        return HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail, headers=headers)
+    detail = "The server is busy checking other passwords. Try again in a moment."
+    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail, headers=headers)
+
+
+async def sign_in(
+    request: Request, db: AsyncSession, services: Services, username: str, password: str
+) -> User | None:
+    """The user if the password matches, else None; not_now()'s answers when not checked."""
+    try:
+        return await login(
+            db,
+            services.login_throttle,
+            services.hashing,
+            username=username,
+            password=password,
+            address=request.client.host if request.client else "unknown",
+        )
+    except TryLater as exc:
+        raise not_now(exc) from None
+
+
+async def new_account(db: AsyncSession, services: Services, credentials: Credentials) -> User:
+    """create_user(); raises UsernameTaken, or not_now()'s answers."""
+    try:
+        return await create_user(
+            db, services.hashing, username=credentials.username, password=credentials.password
+        )
+    except (TryLater, OperationalError) as exc:
+        raise not_now(exc) from None
+
+
 @router.post(
     "/register",
     status_code=status.HTTP_201_CREATED,
-    responses={403: error("Registration is closed"), 409: error("The username is taken")},
+    responses={
+        403: error("Registration is closed"),
+        409: error("The username is taken"),
+        503: NOT_NOW[503],
+    },
 )
 async def register(body: Credentials, db: SessionDep, services: ServicesDep) -> UserOut:
     """Create an account."""
     if not services.settings.open_registration:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "registration is closed")
     try:
-        user = await create_user(db, username=body.username, password=body.password)
+        user = await new_account(db, services, body)
     except UsernameTaken:
         raise HTTPException(status.HTTP_409_CONFLICT, "username is taken") from None
     return UserOut(username=user.username)
 
 
-def client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
-
-
-def too_many_failures(exc: LoginThrottled) -> HTTPException:
-    return HTTPException(
-        status.HTTP_429_TOO_MANY_REQUESTS,
-        "too many failed logins; try again later",
-        headers={"Retry-After": str(math.ceil(exc.retry_after))},
-    )
-
-
-@router.post(
-    "/token",
-    responses={
-        401: error("Wrong username or password"),
-        429: error("Too many failed logins for this username or address"),
-    },
-)
+@router.post("/token", responses={401: error("Wrong username or password"), **NOT_NOW})
 async def token(
     request: Request,
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
@@ -76,7 +117,7 @@ async def token(
     services: ServicesDep,
 ) -> TokenOut:
     """Trade a username and password (OAuth2 password form) for a bearer token."""
-    user = await _login_or_429(request, db, services, form.username, form.password)
+    user = await sign_in(request, db, services, form.username, form.password)
     if user is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -86,29 +127,6 @@ async def token(
     return issue_token(services, user.username)
 
 
-async def _login_or_429(
-    request: Request, db: AsyncSession, services: Services, username: str, password: str
-) -> User | None:
-    """The user if the password matches; HTTP 429 after too many recent failures."""
-    try:
-        return await _verify(request, db, services, username, password)
-    except LoginThrottled as exc:
-        raise too_many_failures(exc) from None
-
-
-async def _verify(
-    request: Request, db: AsyncSession, services: Services, username: str, password: str
-) -> User | None:
-    """The user if the password matches; LoginThrottled after too many recent failures."""
-    return await login(
-        db,
-        services.login_throttle,
-        username=username,
-        password=password,
-        address=client_address(request),
-    )
-
-
 class PasswordChange(BaseModel):
     current_password: str = Field(max_length=PASSWORD_MAX_CHARS)
     new_password: str = Field(min_length=PASSWORD_MIN_CHARS, max_length=PASSWORD_MAX_CHARS)
@@ -116,11 +134,7 @@ class PasswordChange(BaseModel):
 
 @router.post(
     "/password",
-    responses={
-        **NOT_AUTHENTICATED,
-        403: error("Wrong current password"),
-        429: error("Too many failed logins"),
-    },
+    responses={**NOT_AUTHENTICATED, 403: error("Wrong current password"), **NOT_NOW},
 )
 async def change_password_route(
     request: Request,
@@ -133,17 +147,14 @@ async def change_password_route(
 
     Answers a fresh token, so the caller stays signed in.
     """
-    try:
-        token = await renew_password(
-            request,
-            db,
-            services,
-            username=identity.username,
-            current_password=body.current_password,
-            new_password=body.new_password,
-        )
-    except LoginThrottled as exc:
-        raise too_many_failures(exc) from None
+    token = await renew_password(
+        request,
+        db,
+        services,
+        username=identity.username,
+        current_password=body.current_password,
+        new_password=body.new_password,
+    )
     if token is None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "wrong current password")
     return token
@@ -161,13 +172,20 @@ async def renew_password(
     """Set a new password when current_password is right: every earlier token stops working
     and the user's open sockets close. A fresh token; None for a wrong current password.
 
-    Raises LoginThrottled after too many failures (a wrong current password is one).
+    Raises not_now()'s answers (a wrong current password counts as a failed login).
     """
-    user = await _verify(request, db, services, username, current_password)
+    user = await sign_in(request, db, services, username, current_password)
     if user is None:
         return None
-    await change_password(
-        db, user=user, password=new_password, token_minutes=services.settings.access_token_minutes
-    )
+    try:
+        await change_password(
+            db,
+            services.hashing,
+            user=user,
+            password=new_password,
+            token_minutes=services.settings.access_token_minutes,
+        )
+    except (TryLater, OperationalError) as exc:
+        raise not_now(exc) from None
     await services.chat.check_credentials()  # here at once; other processes within a second
     return issue_token(services, user.username)

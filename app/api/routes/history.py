@@ -65,11 +65,12 @@ async def room_history(
     status_code=status.HTTP_201_CREATED,
     response_model=PostedMessageOut,
     responses={
+        **NOT_AUTHENTICATED,
         200: {"model": PostedMessageOut, "description": "A resend: the message stored before"},
-        403: {"description": "The token's `rooms` do not include this room"},
-        422: {"description": "Empty or too long body, or a bad `client_msg_id`"},
-        429: {"description": "Over the user's send rate (`Retry-After`)"},
-        503: {"description": "The message could not be stored; send it again"},
+        403: error("The token's `rooms` do not include this room"),
+        422: error("Empty or too long body, or a bad `client_msg_id`"),
+        429: error("Over the user's send rate (`Retry-After`)"),
+        503: error("The message could not be stored; send it again"),
     },
 )
 async def post_message(

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import math
+import functools
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Form, Request, status
+from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel
 
 from app.api.deps import (
     SESSION_COOKIE,
@@ -18,9 +20,10 @@ from app.api.deps import (
     ServicesDep,
     SessionDep,
     optional_identity,
+    same_site,
 )
 from app.api.headers import content_security_policy
-from app.api.routes.auth import client_address, issue_token, renew_password
+from app.api.routes.auth import issue_token, new_account, renew_password, sign_in
 from app.api.schemas import (
     PASSWORD_MAX_CHARS,
     PASSWORD_MIN_CHARS,
@@ -32,17 +35,33 @@ from app.api.schemas import (
 )
 from app.core.config import resource
 from app.core.revocations import sign_out
-from app.core.throttle import LoginThrottled
-from app.core.users import UsernameTaken, create_user
-from app.core.users import login as login_user
+from app.core.users import UsernameTaken
 
-router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=resource("templates"))
 # The length rule of every new-password field.
 templates.env.globals.update(min_password=PASSWORD_MIN_CHARS, max_password=PASSWORD_MAX_CHARS)
 
+
+async def same_site_forms(request: Request, services: ServicesDep) -> None:
+    """Refuse a form posted by another site: it could sign a visitor in to the attacker's
+    account (login CSRF), or out. The session cookie's SameSite=Lax does not cover that.
+    errors.py answers with the error page."""
+    safe = request.method in ("GET", "HEAD")
+    if not safe and not same_site(request, services.settings.allowed_origin_list):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "form posted from another site")
+
+
+router = APIRouter(include_in_schema=False, dependencies=[Depends(same_site_forms)])
 BrowserUser = Annotated[Identity | None, Depends(optional_identity)]
 ROOM_RULE = "Item ids are 1 to 64 letters, digits, '.', '_', ':' or '-'."
+
+
+class AccountForm(BaseModel):
+    """The sign-in and registration forms (the fields a visitor leaves out are empty)."""
+
+    username: str = ""
+    password: str = ""
+    next: str = "/chat"
 
 
 def serves(route: object) -> bool:
@@ -58,8 +77,14 @@ def _safe_next(target: str | None) -> str:
     return "/chat"
 
 
-def _render(request: Request, name: str, code: int = 200, **context: Any) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, context, status_code=code)
+def _render(
+    request: Request,
+    name: str,
+    code: int = 200,
+    headers: Mapping[str, str] | None = None,
+    **context: Any,
+) -> HTMLResponse:
+    return templates.TemplateResponse(request, name, context, status_code=code, headers=headers)
 
 
 def _signed_in(
@@ -96,37 +121,24 @@ async def login_form(request: Request, services: ServicesDep, next: str = "/chat
 
 @router.post("/login")
 async def login(
-    request: Request,
-    services: ServicesDep,
-    db: SessionDep,
-    username: Annotated[str, Form()] = "",
-    password: Annotated[str, Form()] = "",
-    next: Annotated[str, Form()] = "/chat",
+    request: Request, services: ServicesDep, db: SessionDep, form: Annotated[AccountForm, Form()]
 ) -> Response:
     try:
-        user = await login_user(
-            db,
-            services.login_throttle,
-            username=username,
-            password=password,
-            address=client_address(request),
-        )
-    except LoginThrottled as exc:
-        code, error = (
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            (f"Too many failed sign-ins. Try again in {math.ceil(exc.retry_after)} seconds."),
-        )
+        user = await sign_in(request, db, services, form.username, form.password)
+    except HTTPException as exc:
+        code, error, headers = exc.status_code, exc.detail, exc.headers
     else:
         if user is not None:
-            return _signed_in(request, services, user.username, next)
-        code, error = status.HTTP_401_UNAUTHORIZED, "Wrong username or password."
+            return _signed_in(request, services, user.username, form.next)
+        code, error, headers = status.HTTP_401_UNAUTHORIZED, "Wrong username or password.", None
     return _render(
         request,
         "login.html",
         code,
+        headers,
         error=error,
-        username=username,
-        next=_safe_next(next),
+        username=form.username,
+        next=_safe_next(form.next),
         open_registration=services.settings.open_registration,
     )
 
@@ -141,6 +153,7 @@ async def register_form(request: Request, services: ServicesDep, next: str = "/c
 def _register_page(
     request: Request,
     code: int = status.HTTP_200_OK,
+    headers: Mapping[str, str] | None = None,
     *,
     next: str,
     username: str = "",
@@ -151,6 +164,7 @@ def _register_page(
         request,
         "register.html",
         code,
+        headers,
         next=_safe_next(next),
         username=username,
         error=error,
@@ -160,48 +174,35 @@ def _register_page(
 
 @router.post("/register")
 async def register(
-    request: Request,
-    services: ServicesDep,
-    db: SessionDep,
-    username: Annotated[str, Form()] = "",
-    password: Annotated[str, Form()] = "",
-    next: Annotated[str, Form()] = "/chat",
+    request: Request, services: ServicesDep, db: SessionDep, form: Annotated[AccountForm, Form()]
 ) -> Response:
     if not services.settings.open_registration:
         return _render(request, "closed.html", status.HTTP_403_FORBIDDEN)
     bad = status.HTTP_400_BAD_REQUEST
-    if not re.fullmatch(USERNAME_PATTERN, username):
-        return _register_page(
-            request,
+    page = functools.partial(_register_page, request, next=form.next, username=form.username)
+    if not re.fullmatch(USERNAME_PATTERN, form.username):
+        return page(
             bad,
-            next=next,
-            username=username,
             error="Usernames are 3 to 32 letters, digits, '.', '_' or '-'.",
             error_field="username",
         )
     try:
-        credentials = Credentials(username=username, password=password)
+        credentials = Credentials(username=form.username, password=form.password)
     except ValueError:
-        return _register_page(
-            request,
+        return page(
             bad,
-            next=next,
-            username=username,
             error=f"Passwords are {PASSWORD_MIN_CHARS} to {PASSWORD_MAX_CHARS} characters.",
             error_field="password",
         )
     try:
-        await create_user(db, username=credentials.username, password=credentials.password)
+        await new_account(db, services, credentials)
     except UsernameTaken:
-        return _register_page(
-            request,
-            status.HTTP_409_CONFLICT,
-            next=next,
-            username=username,
-            error="That username is taken.",
-            error_field="username",
+        return page(
+            status.HTTP_409_CONFLICT, error="That username is taken.", error_field="username"
         )
-    return _signed_in(request, services, credentials.username, next)
+    except HTTPException as exc:
+        return page(exc.status_code, exc.headers, error=exc.detail)
+    return _signed_in(request, services, credentials.username, form.next)
 
 
 @router.post("/logout")
@@ -225,6 +226,7 @@ def _account_page(
     request: Request,
     identity: Identity,
     code: int = status.HTTP_200_OK,
+    headers: Mapping[str, str] | None = None,
     *,
     changed: bool = False,
     error: str | None = None,
@@ -234,6 +236,7 @@ def _account_page(
         request,
         "account.html",
         code,
+        headers,
         user=identity.username,
         changed=changed,
         error=error,
@@ -276,10 +279,9 @@ async def account(
             current_password=current_password,
             new_password=new_password,
         )
-    except LoginThrottled as exc:
-        error = f"Too many failed attempts. Try again in {math.ceil(exc.retry_after)} seconds."
+    except HTTPException as exc:
         return _account_page(
-            request, identity, status.HTTP_429_TOO_MANY_REQUESTS, error=error, error_field="current"
+            request, identity, exc.status_code, exc.headers, error=exc.detail, error_field="current"
         )
     if token is None:
         return _account_page(
