@@ -37,6 +37,7 @@ from app.chat.ratelimit import TokenBucket
 from app.chat.recent import RecentHistory
 from app.chat.store import MessageWriter, Stored, StoreFailed, frames_after, history_page
 from app.core.config import Settings
+from app.core.metrics import Metrics
 from app.core.revocations import Revocations
 from app.core.security import TokenClaims
 from app.wire import send_texts
@@ -63,8 +64,10 @@ class ChatService:
         broker: Broker,
         presence: Presence,
         revocations: Revocations,
+        metrics: Metrics,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.revocations = revocations
         self.hub = hub
         self.broker = broker
@@ -73,7 +76,7 @@ class ChatService:
         room_lock = create_room_lock(
             settings.database_url, shared=not isinstance(broker, MemoryBroker)
         )
-        self.writer = MessageWriter(engine, broker, room_lock)
+        self.writer = MessageWriter(engine, broker, room_lock, metrics)
         # The most a history frame takes: it counts against the socket's send buffer.
         self.history_bytes = history_budget(settings.send_buffer_bytes)
         self.recent = RecentHistory(
@@ -212,6 +215,7 @@ class ChatService:
             await websocket.close(WS_1001_GOING_AWAY, "server shutting down")
             return
         if limit and self._sockets_of[user] >= limit:
+            self.metrics.refusals.labels("connection_limit").inc()
             await websocket.close(
                 WS_1008_POLICY_VIOLATION, f"too many connections: at most {limit} per user"
             )
@@ -229,6 +233,7 @@ class ChatService:
         # Registered before the history query: whatever is committed from now on is queued,
         # and the sender skips what the replay already held, so nothing is missed or doubled.
         first_here = self.hub.add(connection)
+        peer_code = 1006  # how the peer ended it; 1006: the socket broke without a close frame
         try:
             skip_through = await self._join(websocket, connection, since, announce=first_here)
             # Receive until the peer leaves; meanwhile the hub sends. An abort by the hub
@@ -236,13 +241,16 @@ class ChatService:
             # timeout, which has no deadline until then.
             async with asyncio.timeout(None) as receiving:
                 if connection.start(websocket, skip_through=skip_through, until=receiving):
-                    await self._receive(websocket, connection)
+                    peer_code = await self._receive(websocket, connection)
         except TimeoutError:
             pass  # aborted: connection.close_code says how to close
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            pass  # the peer left, or the socket broke under us
+        except WebSocketDisconnect as exc:
+            peer_code = exc.code  # the peer left
+        except (RuntimeError, OSError):
+            pass  # the socket broke under us
         finally:
             connection.stop()
+            _count_close(self.metrics, connection.close_code or peer_code)
             if self.hub.remove(connection) and await self._presence(
                 self.presence.leave, room, user
             ):
@@ -285,7 +293,8 @@ class ChatService:
             await self._announce("join", room, user)
         return last_id
 
-    async def _receive(self, websocket: WebSocket, connection: Connection) -> None:
+    async def _receive(self, websocket: WebSocket, connection: Connection) -> int:
+        """Take the peer's messages until it leaves; answers its close code."""
         bucket = self._buckets.get(connection.user)
         if bucket is None:
             bucket = TokenBucket(self.settings.rate_limit, self.settings.rate_burst)
@@ -297,7 +306,7 @@ class ChatService:
             in_flight = [future for future in in_flight if not future.done()]
             event = await websocket.receive()
             if event["type"] == "websocket.disconnect":
-                return
+                return int(event.get("code", 1005))
             future = self._take(connection, bucket, event.get("text"))
             if future is not None:
                 in_flight.append(future)
@@ -317,6 +326,7 @@ class ChatService:
             return None
         wait = bucket.take()
         if wait:
+            self.metrics.refusals.labels("rate_limit").inc()
             detail = f"too many messages: at most {settings.rate_limit:g} a second"
             cid = message.client_msg_id
             _tell(connection, error_frame("rate_limited", detail, cid, retry_after=round(wait, 3)))
@@ -352,6 +362,11 @@ class ChatService:
             # the room's replay cache missed it.
             self.recent.forget({connection.room})
             _tell(connection, message_frame(stored.message))
+
+
+def _count_close(metrics: Metrics, code: int) -> None:
+    # A peer's own codes (3000-4999) are counted together: the label's values stay few.
+    metrics.socket_closes.labels(str(code) if code < 3000 else "other").inc()
 
 
 def _tell(connection: Connection, text: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,6 +24,7 @@ from app.chat.hub import Frame
 from app.chat.ordering import RoomLock
 from app.chat.protocol import message_bytes, message_frame
 from app.core.db import AUTOCOMMIT
+from app.core.metrics import Metrics
 from app.core.models import Message, utcnow
 
 logger = logging.getLogger("chatroom.store")
@@ -187,8 +189,15 @@ async def recent_rooms(
 class MessageWriter:
     """The single writer of messages in this process."""
 
-    def __init__(self, engine: AsyncEngine, broker: Broker, room_lock: RoomLock) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        broker: Broker,
+        room_lock: RoomLock,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._engine = engine
+        self._metrics = metrics or Metrics()
         self._broker = broker
         self._room_lock = room_lock
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
@@ -247,8 +256,10 @@ class MessageWriter:
             async with self._room_lock.hold(self._connection, {p.room for p in batch}):
                 # A writer must never hang: a batch that has not committed by then fails
                 # (store_failed), and the connection is replaced.
+                started = time.perf_counter()
                 async with asyncio.timeout(WRITE_TIMEOUT_SECONDS):
                     results = await _insert(self._connection, batch)
+                self._record(batch, results, time.perf_counter() - started)
                 published = await self._publish([r.message for r in results if not r.duplicate])
         except Exception as exc:
             await self._disconnect(invalidate=True)
@@ -267,6 +278,12 @@ class MessageWriter:
         for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(result if published else _unpublished(result))
+
+    def _record(self, batch: list[_Pending], results: list[Stored], seconds: float) -> None:
+        metrics = self._metrics
+        metrics.store_commit_seconds.observe(seconds)
+        metrics.store_batch_size.observe(len(batch))
+        metrics.messages_stored.inc(sum(not r.duplicate for r in results))
 
     async def _publish(self, messages: list[StoredMessage]) -> bool:
         try:
