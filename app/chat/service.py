@@ -233,7 +233,7 @@ class ChatService:
         # Registered before the history query: whatever is committed from now on is queued,
         # and the sender skips what the replay already held, so nothing is missed or doubled.
         first_here = self.hub.add(connection)
-        peer_code = 1006  # how the peer ended it; 1006: the socket broke without a close frame
+        peer_code = 1006  # how it ended when chatroom did not close it; 1006: it failed under us
         try:
             skip_through = await self._join(websocket, connection, since, announce=first_here)
             # Receive until the peer leaves; meanwhile the hub sends. An abort by the hub
