@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from fastapi.exceptions import WebSocketRequestValidationError
@@ -17,6 +18,7 @@ from app.chat.broker import create_broker
 from app.chat.hub import Hub
 from app.chat.presence import create_presence
 from app.chat.service import ChatService
+from app.chat.webhooks import backlog_count, create_webhook_sender
 from app.core.config import Settings, resource
 from app.core.db import create_engine, create_session_factory
 from app.core.logs import install_redaction
@@ -44,6 +46,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             hub = Hub(app_metrics)
             app_metrics.watch_hub(sockets=hub.socket_count, rooms=hub.room_count)
             revocations = Revocations(sessions)
+            webhooks = create_webhook_sender(settings, engine, app_metrics)
+            if webhooks:
+                app_metrics.watch_webhooks(partial(backlog_count, engine))
             chat = ChatService(
                 settings=settings,
                 engine=engine,
@@ -55,8 +60,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ),
                 revocations=revocations,
                 metrics=app_metrics,
+                outbox=webhooks.outbox if webhooks else None,
             )
             await chat.start()
+            if webhooks:
+                webhooks.start()
             services = Services(
                 settings=settings,
                 engine=engine,
@@ -80,6 +88,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 yield
             finally:
                 uninstall()
+                if webhooks:
+                    await webhooks.stop()
                 await chat.stop()
         finally:
             await engine.dispose()

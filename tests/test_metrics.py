@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -10,7 +12,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from app.core.config import Settings
-from tests.helpers import SECRET, LiveServer, connect, join, register
+from tests.helpers import (
+    HOOK_SECRET,
+    SECRET,
+    LiveServer,
+    Receiver,
+    connect,
+    free_port,
+    join,
+    register,
+)
+from tests.test_webhooks import WAIT_SECONDS, post_messages, wait_for
 
 
 async def scrape(http: httpx.AsyncClient) -> dict[str, float]:
@@ -101,3 +113,34 @@ async def test_chatroom_metrics_false_turns_it_off(
                 assert (await http.get("/metrics")).status_code == status, value
         finally:
             live.stop()
+
+
+async def test_metrics_show_the_webhook_backlog_and_failures(database_url: str) -> None:
+    receiver = Receiver(free_port())
+    receiver.answer = lambda event: 500  # the host fails until told otherwise
+    receiver.start()
+    live = LiveServer(
+        Settings(
+            database_url=database_url,
+            secret_key=SECRET,
+            webhook_url=f"http://127.0.0.1:{receiver.port}/hooks/chat",
+            webhook_secret=HOOK_SECRET,
+            webhook_retry_max_seconds=0.2,
+        )
+    ).start()
+    try:
+        async with httpx.AsyncClient(base_url=live.url) as http:
+            await post_messages(live, await register(http, "alice"), "r1", "hi")
+            await wait_for(lambda: len(receiver.events()) >= 2, "a retry after a 500")
+            metrics = await scrape(http)
+            assert metrics["chatroom_webhook_backlog"] == 1
+            assert metrics["chatroom_webhook_failures_total"] >= 1
+
+            receiver.answer = lambda event: 200
+            deadline = time.monotonic() + WAIT_SECONDS
+            while (await scrape(http))["chatroom_webhook_backlog"] != 0:
+                assert time.monotonic() < deadline, "the backlog never emptied"
+                await asyncio.sleep(0.05)
+    finally:
+        live.stop()
+        receiver.stop()

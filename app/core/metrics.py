@@ -8,7 +8,7 @@ label: the figures say how much, never who or where.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -23,6 +23,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._webhook_backlog: Callable[[], Awaitable[int]] | None = None
         counter = partial(Counter, registry=self.registry)
         gauge = partial(Gauge, registry=self.registry)
         histogram = partial(Histogram, registry=self.registry)
@@ -50,7 +51,7 @@ class Metrics:
             "Time to insert and commit one batch",
             buckets=COMMIT_BUCKETS,
         )
-        # Set by the webhook sender; see watch_webhooks().
+        # The webhook sender's; see watch_webhooks().
         self.webhook_backlog = gauge("chatroom_webhook_backlog", "Webhook events not yet sent")
         self.webhook_failures = counter(
             "chatroom_webhook_failures", "Webhook deliveries that failed (each retry counts)"
@@ -61,13 +62,14 @@ class Metrics:
         self.open_sockets.set_function(sockets)
         self.rooms.set_function(rooms)
 
-    def watch_webhooks(self, backlog: Callable[[], int]) -> None:
-        """The webhook sender's hook: backlog() answers the events waiting (read at each
-        scrape, on the event loop: it must not block); failures go to webhook_failures.inc().
-        """
-        self.webhook_backlog.set_function(backlog)
+    def watch_webhooks(self, backlog: Callable[[], Awaitable[int]]) -> None:
+        """backlog(): the events waiting in the outbox (every worker's), read at each scrape.
+        The sender counts its failures in webhook_failures."""
+        self._webhook_backlog = backlog
 
-    def exposition(self) -> bytes:
-        """The Prometheus text format. Called on the event loop, where the hub's counts
-        cannot change under it."""
+    async def exposition(self) -> bytes:
+        """The Prometheus text format. On the event loop, where the hub's counts cannot
+        change under it."""
+        if self._webhook_backlog is not None:
+            self.webhook_backlog.set(await self._webhook_backlog())
         return generate_latest(self.registry)

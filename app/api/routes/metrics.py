@@ -16,5 +16,4 @@ router = APIRouter()
 # Not in the OpenAPI schema: it is for the operator's scraper, not the API's clients.
 @router.get("/metrics", include_in_schema=False)
 async def metrics(services: ServicesDep) -> Response:
-    # async: on the event loop, where the hub's counts do not change during the scrape.
-    return Response(services.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    return Response(await services.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
