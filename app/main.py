@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from fastapi.exceptions import WebSocketRequestValidationError
@@ -12,15 +13,16 @@ from fastapi.staticfiles import StaticFiles
 from app.api import errors
 from app.api.deps import Services
 from app.api.headers import SecurityHeaders
-from app.api.routes import auth, docs, history, pages, rooms, websocket
+from app.api.routes import auth, docs, history, metrics, pages, rooms, websocket
 from app.chat.broker import create_broker
 from app.chat.hub import Hub
 from app.chat.presence import create_presence
 from app.chat.service import ChatService
-from app.chat.webhooks import create_webhook_sender
+from app.chat.webhooks import backlog_count, create_webhook_sender
 from app.core.config import Settings, resource
 from app.core.db import create_engine, create_session_factory
 from app.core.logs import install_redaction
+from app.core.metrics import Metrics
 from app.core.migrate import ensure_at_head
 from app.core.revocations import Revocations
 from app.core.security import load_public_key, load_secret_key
@@ -41,9 +43,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             await ensure_at_head(engine)
             sessions = create_session_factory(engine)
-            hub = Hub()
+            app_metrics = Metrics()
+            hub = Hub(app_metrics)
+            app_metrics.watch_hub(sockets=hub.socket_count, rooms=hub.room_count)
             revocations = Revocations(sessions)
-            webhooks = create_webhook_sender(settings, engine)
+            webhooks = create_webhook_sender(settings, engine, app_metrics)
+            if webhooks:
+                app_metrics.watch_webhooks(partial(backlog_count, engine))
             chat = ChatService(
                 settings=settings,
                 engine=engine,
@@ -54,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     settings.broker_url, hub, ttl_seconds=settings.presence_ttl_seconds
                 ),
                 revocations=revocations,
+                metrics=app_metrics,
                 outbox=webhooks.outbox if webhooks else None,
             )
             await chat.start()
@@ -68,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 chat=chat,
                 revocations=revocations,
                 users=UserCache(sessions),
+                metrics=app_metrics,
                 login_throttle=LoginThrottle(
                     per_username=settings.login_failures_per_username,
                     per_address=settings.login_failures_per_address,
@@ -107,6 +115,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.routes.extend(websocket.router.routes)
     for module in (auth, history, rooms, pages):
         app.include_router(module.router)
+    if settings.metrics:
+        app.include_router(metrics.router)
     app.add_exception_handler(WebSocketRequestValidationError, websocket.refuse_invalid_handshake)  # type: ignore[arg-type]
     errors.install(app)
     app.mount("/static", StaticFiles(directory=resource("static")), name="static")

@@ -29,6 +29,7 @@ from starlette.requests import HTTPConnection
 from app.api.schemas import RoomId
 from app.chat.service import ChatService
 from app.core.config import Settings
+from app.core.metrics import Metrics
 from app.core.revocations import Revocations
 from app.core.security import InvalidToken, PublicKey, TokenClaims, decode_access_token
 from app.core.throttle import HashGate, LoginThrottle
@@ -53,6 +54,7 @@ class Services:
     login_throttle: LoginThrottle
     hashing: HashGate
     users: UserCache
+    metrics: Metrics
 
 
 bearer = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
@@ -153,22 +155,23 @@ async def socket_identity(
         # Browsers send cookies with a cross-site WebSocket handshake, and CORS does not
         # apply to it: without this check any page could talk in the user's name.
         if not same_site(websocket, services.settings.allowed_origin_list):
-            _refuse(websocket, "origin not allowed")
+            _refuse(services, websocket, "origin not allowed")
         credential = session
     identity = await _identify(services, credential)
     if identity is None:
-        _refuse(websocket, "authentication required")
+        _refuse(services, websocket, "authentication required")
     if not identity.may_enter(item_id):
-        _refuse(websocket, "your token does not open this room")
+        _refuse(services, websocket, "your token does not open this room")
     return identity
 
 
 SocketIdentity = Annotated[Identity, Depends(socket_identity)]
 
 
-def _refuse(websocket: WebSocket, reason: str) -> NoReturn:
+def _refuse(services: Services, websocket: WebSocket, reason: str) -> NoReturn:
     # The path only: the query string may hold the token.
     logger.info("refused socket %s: %s", websocket.url.path, reason)
+    services.metrics.refusals.labels("auth").inc()
     raise WebSocketException(status.WS_1008_POLICY_VIOLATION, reason)
 
 

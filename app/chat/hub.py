@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from starlette.status import WS_1013_TRY_AGAIN_LATER
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from app.core.metrics import Metrics
 from app.core.security import TokenClaims
 from app.wire import prepare, send_texts, unsent_bytes, write_now
 
@@ -172,10 +173,11 @@ class Connection:
 class Hub:
     """Local rooms and who is in them; knows nothing of brokers or the database."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
         self._rooms: dict[str, dict[Connection, None]] = {}
         # The one count of sockets per user of each room in this process.
         self._users: dict[str, Counter[str]] = {}
+        self._deliveries = (metrics or Metrics()).deliveries
 
     def add(self, connection: Connection) -> bool:
         """Register connection; True when it is its user's first in the room."""
@@ -205,6 +207,12 @@ class Hub:
     def rooms(self) -> list[str]:
         return list(self._rooms)
 
+    def room_count(self) -> int:
+        return len(self._rooms)
+
+    def socket_count(self) -> int:
+        return sum(len(members) for members in self._rooms.values())
+
     def connections(self, room: str | None = None) -> list[Connection]:
         """The connections of room, or of every room."""
         if room is not None:
@@ -230,6 +238,7 @@ class Hub:
         if not members:
             return
         prepared = prepare([frame.text for frame in frames])  # framed once for the room
+        self._deliveries.inc(len(frames) * len(members))  # once a batch: fan-out is hot
         for connection in members:
             if not connection.offer(frames, prepared):
                 logger.info("closing slow connection of %s in %s", connection.user, room)

@@ -38,6 +38,7 @@ from app.chat.ratelimit import RateLimited, TokenBucket
 from app.chat.recent import RecentHistory
 from app.chat.store import MessageWriter, Stored, StoreFailed, frames_after, history_page
 from app.core.config import Settings
+from app.core.metrics import Metrics
 from app.core.revocations import Revocations
 from app.core.security import TokenClaims
 from app.wire import send_texts
@@ -64,10 +65,12 @@ class ChatService:
         broker: Broker,
         presence: Presence,
         revocations: Revocations,
+        metrics: Metrics,
         outbox: asyncio.Event | None = None,
     ) -> None:
         """outbox: webhooks are on; the writer queues their events (see MessageWriter)."""
         self.settings = settings
+        self.metrics = metrics
         self.revocations = revocations
         self.hub = hub
         self.broker = broker
@@ -76,7 +79,7 @@ class ChatService:
         room_lock = create_room_lock(
             settings.database_url, shared=not isinstance(broker, MemoryBroker)
         )
-        self.writer = MessageWriter(engine, broker, room_lock, outbox=outbox)
+        self.writer = MessageWriter(engine, broker, room_lock, outbox=outbox, metrics=metrics)
         # The most a history frame takes: it counts against the socket's send buffer.
         self.history_bytes = history_budget(settings.send_buffer_bytes)
         self.recent = RecentHistory(
@@ -215,6 +218,7 @@ class ChatService:
             await websocket.close(WS_1001_GOING_AWAY, "server shutting down")
             return
         if limit and self._sockets_of[user] >= limit:
+            self.metrics.refusals.labels("connection_limit").inc()
             await websocket.close(
                 WS_1008_POLICY_VIOLATION, f"too many connections: at most {limit} per user"
             )
@@ -232,6 +236,7 @@ class ChatService:
         # Registered before the history query: whatever is committed from now on is queued,
         # and the sender skips what the replay already held, so nothing is missed or doubled.
         first_here = self.hub.add(connection)
+        peer_code = 1006  # how it ended when chatroom did not close it; 1006: it failed under us
         try:
             skip_through = await self._join(websocket, connection, since, announce=first_here)
             # Receive until the peer leaves; meanwhile the hub sends. An abort by the hub
@@ -239,13 +244,16 @@ class ChatService:
             # timeout, which has no deadline until then.
             async with asyncio.timeout(None) as receiving:
                 if connection.start(websocket, skip_through=skip_through, until=receiving):
-                    await self._receive(websocket, connection)
+                    peer_code = await self._receive(websocket, connection)
         except TimeoutError:
             pass  # aborted: connection.close_code says how to close
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            pass  # the peer left, or the socket broke under us
+        except WebSocketDisconnect as exc:
+            peer_code = exc.code  # the peer left
+        except (RuntimeError, OSError):
+            pass  # the socket broke under us
         finally:
             connection.stop()
+            _count_close(self.metrics, connection.close_code or peer_code)
             if self.hub.remove(connection) and await self._presence(
                 self.presence.leave, room, user
             ):
@@ -299,6 +307,7 @@ class ChatService:
         message = parse_message(body, client_msg_id, max_chars=self.settings.max_message_chars)
         wait = self._bucket(user).take()
         if wait:
+            self.metrics.refusals.labels("rate_limit").inc()
             raise RateLimited(self._rate_detail, wait)
         stored = await self.writer.submit(
             room=room, author=user, body=message.body, client_msg_id=message.client_msg_id
@@ -319,7 +328,8 @@ class ChatService:
     def _rate_detail(self) -> str:
         return f"too many messages: at most {self.settings.rate_limit:g} a second"
 
-    async def _receive(self, websocket: WebSocket, connection: Connection) -> None:
+    async def _receive(self, websocket: WebSocket, connection: Connection) -> int:
+        """Take the peer's messages until it leaves; answers its close code."""
         bucket = self._bucket(connection.user)
         in_flight: list[asyncio.Future[Stored]] = []  # its messages awaiting their commit
         while True:
@@ -328,7 +338,7 @@ class ChatService:
             in_flight = [future for future in in_flight if not future.done()]
             event = await websocket.receive()
             if event["type"] == "websocket.disconnect":
-                return
+                return int(event.get("code", 1005))
             future = self._take(connection, bucket, event.get("text"))
             if future is not None:
                 in_flight.append(future)
@@ -348,6 +358,7 @@ class ChatService:
             return None
         wait = bucket.take()
         if wait:
+            self.metrics.refusals.labels("rate_limit").inc()
             cid = message.client_msg_id
             frame = error_frame("rate_limited", self._rate_detail, cid, retry_after=round(wait, 3))
             _tell(connection, frame)
@@ -383,6 +394,11 @@ class ChatService:
             # the room's replay cache missed it.
             self.recent.forget({connection.room})
             _tell(connection, message_frame(stored.message))
+
+
+def _count_close(metrics: Metrics, code: int) -> None:
+    # A peer's own codes (3000-4999) are counted together: the label's values stay few.
+    metrics.socket_closes.labels(str(code) if code < 3000 else "other").inc()
 
 
 def _tell(connection: Connection, text: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from app.chat.hub import Frame
 from app.chat.ordering import RoomLock
 from app.chat.protocol import message_bytes, message_frame
 from app.core.db import AUTOCOMMIT
+from app.core.metrics import Metrics
 from app.core.models import Message, WebhookEvent, utcnow
 
 logger = logging.getLogger("chatroom.store")
@@ -209,8 +211,10 @@ class MessageWriter:
         room_lock: RoomLock,
         *,
         outbox: asyncio.Event | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._engine = engine
+        self._metrics = metrics or Metrics()
         self._broker = broker
         self._room_lock = room_lock
         self._outbox = outbox
@@ -272,8 +276,10 @@ class MessageWriter:
             async with self._room_lock.hold(self._connection, {p.room for p in batch}):
                 # A writer must never hang: a batch that has not committed by then fails
                 # (store_failed), and the connection is replaced.
+                started = time.perf_counter()
                 async with asyncio.timeout(WRITE_TIMEOUT_SECONDS):
                     results = await _insert(self._connection, batch, self._outbox is not None)
+                self._record(batch, results, time.perf_counter() - started)
                 if self._outbox is not None:
                     self._outbox.set()
                 published = await self._publish([r.message for r in results if not r.duplicate])
@@ -294,6 +300,12 @@ class MessageWriter:
         for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(result if published else _unpublished(result))
+
+    def _record(self, batch: list[_Pending], results: list[Stored], seconds: float) -> None:
+        metrics = self._metrics
+        metrics.store_commit_seconds.observe(seconds)
+        metrics.store_batch_size.observe(len(batch))
+        metrics.messages_stored.inc(sum(not r.duplicate for r in results))
 
     async def _publish(self, messages: list[StoredMessage]) -> bool:
         try:

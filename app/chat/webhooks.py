@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.chat.protocol import encode, message_payload
 from app.chat.store import messages_by_id
 from app.core.config import Settings
+from app.core.metrics import Metrics
 from app.core.models import Message, WebhookEvent, utcnow
 
 logger = logging.getLogger("chatroom.webhooks")
@@ -69,13 +70,20 @@ class WebhookSender:
     """Delivers the outbox to one URL, signing each body with the secret."""
 
     def __init__(
-        self, engine: AsyncEngine, *, url: str, secret: str, retry_max_seconds: float
+        self,
+        engine: AsyncEngine,
+        *,
+        url: str,
+        secret: str,
+        retry_max_seconds: float,
+        metrics: Metrics | None = None,
     ) -> None:
         self.outbox = asyncio.Event()  # set when events may be waiting (the writer sets it)
         self._engine = engine
         self._url = url
         self._secret = secret.encode()
         self._retry_max = retry_max_seconds
+        self._failures = (metrics or Metrics()).webhook_failures
         self._rooms: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -180,6 +188,7 @@ class WebhookSender:
                 ).encode()
                 error = await self._post(body)
                 if error is not None:
+                    self._failures.inc()
                     logger.warning("webhooks: event %d of %s: %s", event.id, event.room, error)
                     return event, error
             delivered.append(event.id)
@@ -237,7 +246,9 @@ class WebhookSender:
             return await _claim(connection, first, now)
 
 
-def create_webhook_sender(settings: Settings, engine: AsyncEngine) -> WebhookSender | None:
+def create_webhook_sender(
+    settings: Settings, engine: AsyncEngine, metrics: Metrics | None = None
+) -> WebhookSender | None:
     """The sender the settings ask for; None when webhooks are off."""
     if settings.webhook_url is None or settings.webhook_secret is None:
         return None
@@ -246,6 +257,7 @@ def create_webhook_sender(settings: Settings, engine: AsyncEngine) -> WebhookSen
         url=str(settings.webhook_url),
         secret=settings.webhook_secret.get_secret_value(),
         retry_max_seconds=settings.webhook_retry_max_seconds,
+        metrics=metrics,
     )
 
 

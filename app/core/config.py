@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     # Open connections, WebSockets included; None: the open-file limit less a reserve; 0: off.
     max_connections: int | None = Field(default=None, ge=0)
     backlog: int = Field(default=2048, ge=1)  # connections the kernel queues before accept
+    # GET /metrics (docs/operations.md): counts only, no names or messages; false: 404.
+    metrics: bool = True
     host: str = "127.0.0.1"
     port: int = 8080
 
