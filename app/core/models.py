@@ -1,4 +1,4 @@
-"""SQLAlchemy tables: users, the messages of every room, and revoked tokens."""
+"""SQLAlchemy tables: users, the messages of every room, revoked tokens, read markers."""
 
 from __future__ import annotations
 
@@ -109,3 +109,19 @@ class Revocation(Base):
     reason: Mapped[str] = mapped_column(String(32))  # the close reason its sockets get
     # When nothing it revokes is valid any more: the row may go.
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class ReadMarker(Base):
+    """How far a user has read a room: the id of the newest message they have seen there.
+
+    It only moves forward (app/chat/reads.py); unread counts are the messages by others
+    after it, which the (room, id) index of messages finds.
+    """
+
+    __tablename__ = "read_markers"
+
+    username: Mapped[str] = mapped_column(
+        String(32), ForeignKey("users.username"), primary_key=True
+    )
+    room: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_read_id: Mapped[int] = mapped_column(Integer)
