@@ -141,6 +141,8 @@ async def test_refused_read_markers_get_an_error_and_the_socket_lives(
         error = await alice.recv_type("error")
         assert error["code"] == code, message_id
         assert error["detail"]
+        if code == "unknown_message":  # tells it from a refused message
+            assert error["id"] == message_id
     assert await unread(http, alice_token) == {"r1": 1, "r2": 1}, "a refused read counted"
     await alice.send("still here")
     assert (await alice.recv_type("message"))["body"] == "still here"

@@ -341,8 +341,15 @@ class ChatService:
         wait = bucket.take()
         if wait:
             detail = f"too many messages: at most {settings.rate_limit:g} a second"
-            cid = message.client_msg_id if isinstance(message, ClientMessage) else None
-            _tell(connection, error_frame("rate_limited", detail, cid, retry_after=round(wait, 3)))
+            # A refused read names its id, so that a client tells it from a refused message.
+            about = (
+                {"client_msg_id": message.client_msg_id}
+                if isinstance(message, ClientMessage)
+                else {"id": message.id}
+            )
+            _tell(
+                connection, error_frame("rate_limited", detail, retry_after=round(wait, 3), **about)
+            )
             return None
         if isinstance(message, ClientRead):  # a write, like a message: rate-limited as one
             return self._spawn(self._read(connection, message.id))
@@ -381,12 +388,12 @@ class ChatService:
             moved = await mark_read(self.sessions, user=user, room=room, message_id=message_id)
         except UnknownMessage:
             detail = f"no message {message_id} in this room"
-            _tell(connection, error_frame("unknown_message", detail))
+            _tell(connection, error_frame("unknown_message", detail, id=message_id))
             return
         except Exception as exc:
             logger.warning("read marker of %s in %s not stored: %s", user, room, exc)
             detail = "the read marker could not be stored; send it again"
-            _tell(connection, error_frame("store_failed", detail))
+            _tell(connection, error_frame("store_failed", detail, id=message_id))
             return
         if moved:
             await self._publish(
