@@ -123,6 +123,9 @@ class ChatService:
             connection.abort(WS_1001_GOING_AWAY, "server shutting down")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._all_done.wait(), CLOSE_TIMEOUT_SECONDS + 1)
+        # Read markers being written, typing notices being published: before the broker
+        # and the database go.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.presence.stop()
         await self.broker.stop()
 
