@@ -1,8 +1,8 @@
 """read_markers: how far each user has read each room, for unread counts
 
-Revision ID: 0006
-Revises: 0005
-Create Date: 2026-12-09
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-02
 """
 
 from collections.abc import Sequence
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0006"
-down_revision: str | None = "0005"
+revision: str = "0007"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
