@@ -18,6 +18,10 @@
   const RETRY_BASE_MS = 500;        // first reconnect delay; doubles per failed attempt
   const RETRY_MAX_MS = 15000;       // ...up to this, with jitter so clients do not stampede
   const COUNTER_FROM = 0.8;         // show the character counter past this share of the limit
+  const TYPING_EVERY_MS = 2000;     // typing notices sent at most this often (the server's interval)
+  const TYPING_SHOWN_MS = 4500;     // someone is shown typing this long after their last notice
+  const READ_AFTER_MS = 800;        // a read marker goes out once messages stop arriving
+  const UNREAD_CAP = 100;           // GET /rooms counts unread messages up to this
 
   const $ = (id) => document.getElementById(id);
   let me = document.body.dataset.user;  // framed: unknown until the welcome frame names it
@@ -60,6 +64,11 @@
     if (r.room === room) link.setAttribute("aria-current", "page");
     const meta = el("span", "room-meta", `${r.last_user} · ${when(r.last_message_at)}`);
     link.append(el("span", "room-name", r.room), meta);
+    if (r.unread > 0 && r.room !== room) {
+      const badge = el("span", "badge", r.unread >= UNREAD_CAP ? `${UNREAD_CAP - 1}+` : String(r.unread));
+      badge.append(el("span", "visually-hidden", " unread"));
+      link.append(badge);
+    }
     const li = el("li");
     li.append(link);
     return li;
@@ -125,6 +134,7 @@
   const sendButton = $("send");
   const onlineList = $("online");
   const onlineCount = $("online-count");
+  const typingLine = $("typing");
   const maxChars = Number(document.body.dataset.maxChars) || 4000;
   const baseTitle = document.title;
 
@@ -141,6 +151,10 @@
   let stopped = false;          // signed out or refused: no more reconnects
   let unseen = 0;               // arrived while the reader was scrolled up
   let unread = 0;               // arrived while the tab was hidden
+  const typists = new Map();    // user -> the timer that stops showing them typing
+  let typingSentAt = 0;
+  let readThrough = 0;          // the read marker as far as this page knows
+  let readTimer = null;
 
   // -------------------------------------------------- rendering
   function messageItem(m) {
@@ -212,14 +226,54 @@
       unread += added;
       document.title = `(${unread}) ${baseTitle}`;
     }
+    if (added > 0) markRead();
+  }
+
+  // -------------------------------------------------- read markers
+  // The newest message shown is read once the tab is visible and the reader is at the end;
+  // one frame when messages settle, not one per message.
+  function markRead() {
+    clearTimeout(readTimer);
+    readTimer = setTimeout(() => {
+      if (document.visibilityState !== "visible" || !nearBottom()) return;
+      if (newestId === null || newestId <= readThrough || !ready) return;
+      if (!socket || socket.readyState !== WebSocket.OPEN) return;
+      socket.send(JSON.stringify({type: "read", id: newestId}));
+      readThrough = newestId;
+    }, READ_AFTER_MS);
+  }
+
+  // -------------------------------------------------- who is typing
+  // The line keeps its height when empty, and its text changes only when the names do.
+  function renderTyping() {
+    const names = [...typists.keys()].sort((a, b) => a.localeCompare(b));
+    let text = "";
+    if (names.length === 1) text = `${names[0]} is typing…`;
+    else if (names.length === 2) text = `${names[0]} and ${names[1]} are typing…`;
+    else if (names.length > 2) text = "Several people are typing…";
+    if (typingLine.textContent !== text) typingLine.textContent = text;
+  }
+
+  function typingFrom(user) {
+    clearTimeout(typists.get(user));
+    typists.set(user, setTimeout(() => stoppedTyping(user), TYPING_SHOWN_MS));
+    renderTyping();
+  }
+
+  function stoppedTyping(user) {
+    if (!typists.has(user)) return;
+    clearTimeout(typists.get(user));
+    typists.delete(user);
+    renderTyping();
   }
 
   scroller.addEventListener("scroll", () => {
     if (!marker.hidden && nearBottom()) { unseen = 0; marker.hidden = true; }
+    if (nearBottom()) markRead();
   }, {passive: true});
   marker.addEventListener("click", () => { toBottom(); input.focus(); });
   document.addEventListener("visibilitychange", () => {
-    if (!document.hidden) { unread = 0; document.title = baseTitle; }
+    if (!document.hidden) { unread = 0; document.title = baseTitle; markRead(); }
   });
 
   function renderOnline() {
@@ -363,6 +417,7 @@
     switch (frame.type) {
       case "welcome":
         attempt = 0;
+        for (const user of [...typists.keys()]) stoppedTyping(user);
         me = frame.user;
         setComposer(true);
         present.clear();
@@ -375,6 +430,7 @@
         break;
       case "message": {
         const mine = settle(frame);
+        stoppedTyping(frame.user);
         live(() => (addMessage(frame) ? 1 : 0), {own: mine});
         bumpRoom(frame);
         break;
@@ -387,13 +443,20 @@
         }
         break;
       case "leave":
+        stoppedTyping(frame.user);
         if (present.delete(frame.user)) {
           renderOnline();
           live(() => { addNotice(`${frame.user} left`); return 0; });
         }
         break;
+      case "typing":
+        typingFrom(frame.user);
+        break;
+      case "read":  // this or another tab of ours read the room this far
+        readThrough = Math.max(readThrough, frame.id);
+        break;
       case "error":
-        onError(frame);
+        if (frame.id === undefined) onError(frame);  // else it refused a read: the next one may do
         break;
     }
   }
@@ -427,6 +490,7 @@
     if (socket !== ws) return;
     ready = true;
     for (const p of pending) transmit(p);
+    markRead();
     // A framed room never takes the focus from the host's page.
     const focusable = !framed && document.activeElement === document.body;
     if (first && focusable && matchMedia("(pointer: fine)").matches) {
@@ -522,7 +586,14 @@
       form.requestSubmit();
     }
   });
-  input.addEventListener("input", updateCounter);
+  input.addEventListener("input", () => {
+    updateCounter();
+    const now = Date.now();
+    if (!input.value.trim() || !ready || now - typingSentAt < TYPING_EVERY_MS) return;
+    if (!socket || socket.readyState !== WebSocket.OPEN) return;
+    socket.send(JSON.stringify({type: "typing"}));
+    typingSentAt = now;
+  });
 
   // -------------------------------------------------- older history over REST
   olderButton.addEventListener("click", async () => {

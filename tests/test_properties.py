@@ -26,7 +26,14 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from app.api.schemas import ROOM_PATTERN, USERNAME_PATTERN, Credentials
-from app.chat.protocol import ClientMessage, FrameError, parse_client_frame
+from app.chat.protocol import (
+    ClientFrame,
+    ClientMessage,
+    ClientRead,
+    ClientTyping,
+    FrameError,
+    parse_client_frame,
+)
 from app.core.config import Settings
 from app.core.migrate import upgrade
 from tests.helpers import PASSWORD, SECRET, LiveServer, join, register
@@ -41,6 +48,7 @@ PARSER_CODES = {
     "empty_body",
     "body_too_long",
     "invalid_client_msg_id",
+    "invalid_id",
 }
 ROOM_CHARS = string.ascii_letters + string.digits + "_.:-"
 ROOM_MIN, ROOM_MAX = 1, 64
@@ -61,7 +69,7 @@ json_values = st.recursive(
 )
 
 
-def parse(text: str, max_chars: int) -> ClientMessage | FrameError:
+def parse(text: str, max_chars: int) -> ClientFrame | FrameError:
     """The parser's answer; any exception other than FrameError escapes and fails the test."""
     try:
         return parse_client_frame(text, max_chars=max_chars)
@@ -78,11 +86,13 @@ def is_text(value: str) -> bool:
     return True
 
 
-def assert_well_formed(result: ClientMessage | FrameError, max_chars: int) -> None:
+def assert_well_formed(result: ClientFrame | FrameError, max_chars: int) -> None:
     if isinstance(result, FrameError):
         assert result.code in PARSER_CODES, result.code
         assert result.detail
-    else:
+    elif isinstance(result, ClientRead):
+        assert isinstance(result.id, int) and result.id >= 1
+    elif not isinstance(result, ClientTyping):
         assert result.body == result.body.strip()
         assert 1 <= len(result.body) <= max_chars
         assert result.client_msg_id is None or 1 <= len(result.client_msg_id) <= 64
@@ -152,9 +162,9 @@ def test_any_json_object_is_a_message_or_a_documented_error(
 ) -> None:
     result = parse(json.dumps(fields), max_chars)
     assert_well_formed(result, max_chars)
-    if fields.get("type") != "message":
+    if fields.get("type") not in {"message", "typing", "read"}:
         assert isinstance(result, FrameError) and result.code == "unknown_type"
-    elif not isinstance(fields.get("body"), str):
+    elif fields["type"] == "message" and not isinstance(fields.get("body"), str):
         assert isinstance(result, FrameError) and result.code == "invalid_body"
 
 

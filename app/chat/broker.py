@@ -61,8 +61,10 @@ class MemoryBroker:
 class RedisBroker:
     """Redis pub/sub: every worker hears every room (one pattern subscription).
 
-    A frame travels as "<message id or empty>:<text>". Redis pub/sub is at-most-once: frames
-    published while a subscription is down are lost, which is why resubscribed() exists.
+    A frame travels as "<message id or empty>:<text>", or as "-<user>:<text>" (to all but
+    user) or "=<user>:<text>" (to user alone); usernames hold no colon. Redis pub/sub is
+    at-most-once: frames published while a subscription is down are lost, which is why
+    resubscribed() exists.
     Every frame, a worker's own included, comes back through Redis, so all workers see one
     order per room (see app/chat/ordering.py for how publishes are ordered).
     """
@@ -88,8 +90,13 @@ class RedisBroker:
             await pipe.execute()
 
     def _envelope(self, room: str, frame: Frame) -> tuple[str, str]:
-        message_id = "" if frame.message_id is None else str(frame.message_id)
-        return self._channel_prefix + room, f"{message_id}:{frame.text}"
+        if frame.not_to is not None:
+            head = f"-{frame.not_to}"
+        elif frame.only_to is not None:
+            head = f"={frame.only_to}"
+        else:
+            head = "" if frame.message_id is None else str(frame.message_id)
+        return self._channel_prefix + room, f"{head}:{frame.text}"
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -127,10 +134,9 @@ class RedisBroker:
                         if message["type"] != "pmessage":
                             continue
                         room = message["channel"][prefix_length:]
-                        message_id, _, text = message["data"].partition(":")
                         if not pending:
                             loop.call_soon(flush)
-                        pending.append((room, Frame(text, int(message_id) if message_id else None)))
+                        pending.append((room, _unwrap(message["data"])))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -139,6 +145,16 @@ class RedisBroker:
                 lost = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+
+
+def _unwrap(data: str) -> Frame:
+    """The frame of an envelope (RedisBroker._envelope)."""
+    head, _, text = data.partition(":")
+    if head[:1] == "-":
+        return Frame(text, not_to=head[1:])
+    if head[:1] == "=":
+        return Frame(text, only_to=head[1:])
+    return Frame(text, int(head) if head else None)
 
 
 def create_broker(url: str) -> Broker:

@@ -28,10 +28,19 @@ logger = logging.getLogger("chatroom.hub")
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """An encoded outgoing frame; message_id is set for chat messages, for de-duplication."""
+    """An encoded outgoing frame; message_id is set for chat messages, for de-duplication.
+
+    Most frames go to the whole room. A typing notice goes to everyone but its user
+    (not_to), a read marker only to its user's sockets (only_to).
+    """
 
     text: str
     message_id: int | None = None
+    not_to: str | None = None
+    only_to: str | None = None
+
+    def reaches(self, user: str) -> bool:
+        return user != self.not_to and self.only_to in (None, user)
 
 
 class Connection:
@@ -238,8 +247,16 @@ class Hub:
         if not members:
             return
         prepared = prepare([frame.text for frame in frames])  # framed once for the room
-        self._deliveries.inc(len(frames) * len(members))  # once a batch: fan-out is hot
+        addressed = any(frame.not_to or frame.only_to for frame in frames)
+        delivered = 0 if addressed else len(frames) * len(members)
         for connection in members:
-            if not connection.offer(frames, prepared):
+            mine = frames
+            if addressed:
+                mine = [frame for frame in frames if frame.reaches(connection.user)]
+                if not mine:
+                    continue
+                delivered += len(mine)
+            if not connection.offer(mine, prepared if len(mine) == len(frames) else None):
                 logger.info("closing slow connection of %s in %s", connection.user, room)
                 connection.abort(WS_1013_TRY_AGAIN_LATER, "send buffer full")
+        self._deliveries.inc(delivered)  # once a batch: fan-out is hot

@@ -27,6 +27,21 @@ class ClientMessage:
     client_msg_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ClientTyping:
+    """The sender is typing: passed on to the others in the room, never stored."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRead:
+    """The sender has read its room up to message id (never backwards)."""
+
+    id: int
+
+
+ClientFrame = ClientMessage | ClientTyping | ClientRead
+
+
 class FrameError(Exception):
     """A client frame the server refuses; the connection stays open."""
 
@@ -37,7 +52,7 @@ class FrameError(Exception):
         self.client_msg_id = client_msg_id  # echoed, so the client knows which send failed
 
 
-def parse_client_frame(text: str, *, max_chars: int) -> ClientMessage:
+def parse_client_frame(text: str, *, max_chars: int) -> ClientFrame:
     """A JSON `message` frame, or any text that is not JSON taken whole as the body."""
     stripped = text.lstrip()
     if stripped.startswith("{"):
@@ -65,10 +80,16 @@ def _is_json(text: str) -> bool:
     return True
 
 
-def _parse_object(data: dict[str, Any], *, max_chars: int) -> ClientMessage:
+def _parse_object(data: dict[str, Any], *, max_chars: int) -> ClientFrame:
     kind = data.get("type")
+    if kind == "typing":
+        return ClientTyping()
+    if kind == "read":
+        return _parse_read(data)
     if kind != "message":
-        raise FrameError("unknown_type", f"unknown frame type {kind!r}; expected 'message'")
+        raise FrameError(
+            "unknown_type", f"unknown frame type {kind!r}; expected 'message', 'typing' or 'read'"
+        )
     return parse_message(data.get("body"), data.get("client_msg_id"), max_chars=max_chars)
 
 
@@ -92,6 +113,14 @@ def parse_message(body: Any, client_msg_id: Any, *, max_chars: int) -> ClientMes
     except FrameError as exc:
         exc.client_msg_id = client_msg_id
         raise
+
+
+def _parse_read(data: dict[str, Any]) -> ClientRead:
+    message_id = data.get("id")
+    # bool is an int to Python, not to a client
+    if not isinstance(message_id, int) or isinstance(message_id, bool) or message_id < 1:
+        raise FrameError("invalid_id", "'id' must be the id of a message in this room")
+    return ClientRead(message_id)
 
 
 def _is_unicode(text: str) -> bool:
@@ -181,6 +210,10 @@ def message_bytes(text: str) -> int:
 
 def presence_frame(kind: str, *, room: str, user: str) -> str:
     return encode({"type": kind, "room": room, "user": user})
+
+
+def read_frame(*, room: str, message_id: int) -> str:
+    return encode({"type": "read", "room": room, "id": message_id})
 
 
 def error_frame(code: str, detail: str, client_msg_id: str | None = None, **extra: Any) -> str:

@@ -12,7 +12,8 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.status import WS_1001_GOING_AWAY, WS_1008_POLICY_VIOLATION
@@ -23,6 +24,9 @@ from app.chat.hub import Connection, Frame, Hub
 from app.chat.ordering import create_room_lock
 from app.chat.presence import Presence
 from app.chat.protocol import (
+    ClientMessage,
+    ClientRead,
+    ClientTyping,
     FrameError,
     error_frame,
     history_budget,
@@ -32,9 +36,11 @@ from app.chat.protocol import (
     parse_client_frame,
     parse_message,
     presence_frame,
+    read_frame,
     welcome_frame,
 )
 from app.chat.ratelimit import RateLimited, TokenBucket
+from app.chat.reads import UnknownMessage, mark_read
 from app.chat.recent import RecentHistory
 from app.chat.store import MessageWriter, Stored, StoreFailed, frames_after, history_page
 from app.core.config import Settings
@@ -50,6 +56,9 @@ MAX_IN_FLIGHT = 16  # a connection's messages awaiting commit before it stops re
 CLOSE_TIMEOUT_SECONDS = 5.0  # how long a close handshake may take before we move on
 # A socket closes at most this long after its token expires, or is revoked anywhere.
 EXPIRY_SWEEP_SECONDS = 1.0
+# A user's typing notices passed on per room: one at most this often, from all their sockets
+# in this process together (more are dropped silently).
+TYPING_INTERVAL_SECONDS = 2.0
 
 
 class ChatService:
@@ -90,6 +99,10 @@ class ChatService:
         )
         self._sockets_of: Counter[str] = Counter()  # per user, across rooms, in this process
         self._buckets: dict[str, TokenBucket] = {}
+        # (user, room) -> when a typing notice was last passed on; outlives the socket, so
+        # that reconnecting does not reset it.
+        self._typing: dict[tuple[str, str], float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # typing and read work under way
         self._serving = 0  # sockets being served; _all_done is set when none is
         self._all_done = asyncio.Event()
         self._all_done.set()
@@ -116,6 +129,9 @@ class ChatService:
             connection.abort(WS_1001_GOING_AWAY, "server shutting down")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._all_done.wait(), CLOSE_TIMEOUT_SECONDS + 1)
+        # Read markers being written, typing notices being published: before the broker
+        # and the database go.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.presence.stop()
         await self.broker.stop()
 
@@ -152,6 +168,9 @@ class ChatService:
             for user in [u for u, b in self._buckets.items() if u not in self._sockets_of]:
                 if self._buckets[user].full():
                     del self._buckets[user]
+            now = time.monotonic()
+            for key in [k for k, t in self._typing.items() if now - t >= TYPING_INTERVAL_SECONDS]:
+                del self._typing[key]
 
     def deliver(self, frames: Sequence[tuple[str, Frame]]) -> None:
         """Every frame the broker brings, in order: keep the replays current, fan out."""
@@ -179,12 +198,16 @@ class ChatService:
             self.hub.deliver(room, [Frame(message_frame(m), m.id) for m in messages])
 
     async def _announce(self, kind: str, room: str, user: str) -> None:
+        # If the broker is down, presence heals when it is back.
+        await self._publish(room, Frame(presence_frame(kind, room=room, user=user)))
+
+    async def _publish(self, room: str, frame: Frame) -> None:
+        """A frame that is not stored (presence, typing, read markers): lost if the broker
+        is down, as it says nothing a client cannot do without."""
         try:
-            await self.broker.publish_many(
-                [(room, Frame(presence_frame(kind, room=room, user=user)))]
-            )
-        except Exception as exc:  # the broker is down; presence heals when it is back
-            logger.warning("could not announce %s of %s in %s: %s", kind, user, room, exc)
+            await self.broker.publish_many([(room, frame)])
+        except Exception as exc:
+            logger.warning("could not publish to %s: %s (%s)", room, exc, frame.text)
 
     async def _presence(
         self, change: Callable[[str, str], Awaitable[bool]], room: str, user: str
@@ -331,7 +354,8 @@ class ChatService:
     async def _receive(self, websocket: WebSocket, connection: Connection) -> int:
         """Take the peer's messages until it leaves; answers its close code."""
         bucket = self._bucket(connection.user)
-        in_flight: list[asyncio.Future[Stored]] = []  # its messages awaiting their commit
+        in_flight: list[asyncio.Future[Any]] = []  # its messages awaiting their commit, and
+        # its typing and read frames under way
         while True:
             if len(in_flight) >= MAX_IN_FLIGHT:  # stop reading until the oldest is stored
                 await asyncio.wait(in_flight[:1])
@@ -345,7 +369,7 @@ class ChatService:
 
     def _take(
         self, connection: Connection, bucket: TokenBucket, text: str | None
-    ) -> asyncio.Future[Stored] | None:
+    ) -> asyncio.Future[Any] | None:
         """Parse, rate-limit and submit one frame; refusals are answered on the socket."""
         settings = self.settings
         if text is None:
@@ -356,13 +380,24 @@ class ChatService:
         except FrameError as exc:
             _tell(connection, error_frame(exc.code, exc.detail, exc.client_msg_id))
             return None
+        if isinstance(message, ClientTyping):
+            return self._typing_notice(connection)
         wait = bucket.take()
         if wait:
             self.metrics.refusals.labels("rate_limit").inc()
-            cid = message.client_msg_id
-            frame = error_frame("rate_limited", self._rate_detail, cid, retry_after=round(wait, 3))
+            # A refused read names its id, so that a client tells it from a refused message.
+            about = (
+                {"client_msg_id": message.client_msg_id}
+                if isinstance(message, ClientMessage)
+                else {"id": message.id}
+            )
+            frame = error_frame(
+                "rate_limited", self._rate_detail, retry_after=round(wait, 3), **about
+            )
             _tell(connection, frame)
             return None
+        if isinstance(message, ClientRead):  # a write, like a message: rate-limited as one
+            return self._spawn(self._read(connection, message.id))
         future = self.writer.submit(
             room=connection.room,
             author=connection.user,
@@ -373,6 +408,42 @@ class ChatService:
             lambda f: self._answer_sender(f, connection, message.client_msg_id)
         )
         return future
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)  # a strong reference until it is done
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _typing_notice(self, connection: Connection) -> asyncio.Task[None] | None:
+        """Pass typing on to the others in the room, at most once per interval per user and
+        room; no socket of the typing user gets it, whichever worker it is on."""
+        user, room = connection.user, connection.room
+        now = time.monotonic()
+        if now - self._typing.get((user, room), -TYPING_INTERVAL_SECONDS) < TYPING_INTERVAL_SECONDS:
+            return None
+        self._typing[user, room] = now
+        frame = Frame(presence_frame("typing", room=room, user=user), not_to=user)
+        return self._spawn(self._publish(room, frame))
+
+    async def _read(self, connection: Connection, message_id: int) -> None:
+        """Move the user's read marker forward; their sockets in the room hear of it."""
+        user, room = connection.user, connection.room
+        try:
+            moved = await mark_read(self.sessions, user=user, room=room, message_id=message_id)
+        except UnknownMessage:
+            detail = f"no message {message_id} in this room"
+            _tell(connection, error_frame("unknown_message", detail, id=message_id))
+            return
+        except Exception as exc:
+            logger.warning("read marker of %s in %s not stored: %s", user, room, exc)
+            detail = "the read marker could not be stored; send it again"
+            _tell(connection, error_frame("store_failed", detail, id=message_id))
+            return
+        if moved:
+            await self._publish(
+                room, Frame(read_frame(room=room, message_id=message_id), only_to=user)
+            )
 
     def _answer_sender(
         self, future: asyncio.Future[Stored], connection: Connection, cid: str | None

@@ -1,4 +1,4 @@
-"""SQLAlchemy tables: users, the messages of every room, and revoked tokens."""
+"""SQLAlchemy tables: users, the messages of every room, revoked tokens, read markers."""
 
 from __future__ import annotations
 
@@ -137,3 +137,19 @@ class WebhookEvent(Base):
     retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
     failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ReadMarker(Base):
+    """How far a user has read a room: the id of the newest message they have seen there.
+
+    It only moves forward (app/chat/reads.py); unread counts are the messages by others
+    after it, which the (room, id) index of messages finds.
+    """
+
+    __tablename__ = "read_markers"
+
+    username: Mapped[str] = mapped_column(
+        String(32), ForeignKey("users.username"), primary_key=True
+    )
+    room: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_read_id: Mapped[int] = mapped_column(Integer)
