@@ -23,7 +23,7 @@ def test_upgrade_from_empty_matches_models_and_downgrade_to_base(tmp_path: Path)
     path = tmp_path / "m.db"
     url = f"sqlite+aiosqlite:///{path}"
     upgrade(url)
-    assert tables(path) == {"alembic_version", "users", "messages", "revocations"}
+    assert tables(path) == {"alembic_version", "users", "messages", "moderators", "revocations"}
     engine = create_engine(f"sqlite:///{path}")
     with engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)

@@ -27,6 +27,19 @@ class ClientMessage:
     client_msg_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ClientChange:
+    """An `edit` (with its new body) or a `delete` of message id."""
+
+    kind: str
+    id: int
+    body: str = ""
+    client_msg_id: None = None  # changes carry none; refusals share the message path
+
+
+CHANGE_KINDS = ("edit", "delete")
+
+
 class FrameError(Exception):
     """A client frame the server refuses; the connection stays open."""
 
@@ -37,7 +50,7 @@ class FrameError(Exception):
         self.client_msg_id = client_msg_id  # echoed, so the client knows which send failed
 
 
-def parse_client_frame(text: str, *, max_chars: int) -> ClientMessage:
+def parse_client_frame(text: str, *, max_chars: int) -> ClientMessage | ClientChange:
     """A JSON `message` frame, or any text that is not JSON taken whole as the body."""
     stripped = text.lstrip()
     if stripped.startswith("{"):
@@ -65,10 +78,14 @@ def _is_json(text: str) -> bool:
     return True
 
 
-def _parse_object(data: dict[str, Any], *, max_chars: int) -> ClientMessage:
+def _parse_object(data: dict[str, Any], *, max_chars: int) -> ClientMessage | ClientChange:
     kind = data.get("type")
+    if kind in CHANGE_KINDS:
+        return _parse_change(data, kind, max_chars=max_chars)
     if kind != "message":
-        raise FrameError("unknown_type", f"unknown frame type {kind!r}; expected 'message'")
+        raise FrameError(
+            "unknown_type", f"unknown frame type {kind!r}; expected 'message', 'edit' or 'delete'"
+        )
     client_msg_id = data.get("client_msg_id")
     if client_msg_id is not None and (
         not isinstance(client_msg_id, str)
@@ -89,6 +106,18 @@ def _parse_object(data: dict[str, Any], *, max_chars: int) -> ClientMessage:
     except FrameError as exc:
         exc.client_msg_id = client_msg_id
         raise
+
+
+def _parse_change(data: dict[str, Any], kind: str, *, max_chars: int) -> ClientChange:
+    target = data.get("id")
+    if isinstance(target, bool) or not isinstance(target, int) or target < 1:
+        raise FrameError("invalid_id", "'id' must be the id of a message (a positive integer)")
+    if kind == "delete":
+        return ClientChange(kind, target)
+    body = data.get("body")
+    if not isinstance(body, str):
+        raise FrameError("invalid_body", "'body' must be a string")
+    return ClientChange(kind, target, _check_body(body, max_chars=max_chars))
 
 
 def _is_unicode(text: str) -> bool:
@@ -119,6 +148,7 @@ def iso_utc(moment: datetime) -> str:
 
 
 def message_payload(message: StoredMessage) -> dict[str, Any]:
+    """A message in its current state: an edited one says when, a deleted one has no body."""
     payload: dict[str, Any] = {
         "type": "message",
         "id": message.id,
@@ -129,20 +159,51 @@ def message_payload(message: StoredMessage) -> dict[str, Any]:
     }
     if message.client_msg_id is not None:
         payload["client_msg_id"] = message.client_msg_id
+    if message.edited_at is not None:
+        payload["edited_at"] = iso_utc(message.edited_at)
+    if message.deleted_by is not None:
+        payload["body"] = ""
+        payload["deleted_by"] = message.deleted_by
     return payload
+
+
+def change_payload(change: StoredMessage) -> dict[str, Any]:
+    """The `edit` or `delete` frame of a stored change; seq is its place in the room's id
+    sequence (resume with the largest id or seq seen)."""
+    head = {"type": change.kind, "id": change.target_id, "seq": change.id, "room": change.room}
+    if change.kind == "delete":
+        return {**head, "by": change.author}
+    return {
+        **head,
+        "user": change.author,
+        "body": change.body,
+        "edited_at": iso_utc(change.created_at),
+    }
+
+
+def is_change(text: str) -> bool:
+    """Whether an encoded frame is an edit or delete (encoded by stored_frame, type first)."""
+    return text.startswith(('{"type":"edit"', '{"type":"delete"'))
 
 
 def encode(payload: Any) -> str:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
 
 
-def welcome_frame(*, user: str, room: str, online: list[str]) -> str:
-    return encode({"type": "welcome", "user": user, "room": room, "online": online})
+def welcome_frame(*, user: str, room: str, online: list[str], moderator: bool = False) -> str:
+    """moderator: the user may delete anyone's message in room (said only when true)."""
+    payload = {"type": "welcome", "user": user, "room": room, "online": online}
+    return encode({**payload, "moderator": True} if moderator else payload)
 
 
 def message_frame(message: StoredMessage) -> str:
     """The `message` frame of a stored message: encoded once, sent to every receiver."""
     return encode(message_payload(message))
+
+
+def stored_frame(row: StoredMessage) -> str:
+    """The frame of any row of a room's sequence: a message, an edit or a delete."""
+    return encode(message_payload(row) if row.kind == "message" else change_payload(row))
 
 
 def history_frame(room: str, messages: Sequence[str], has_more: bool) -> str:

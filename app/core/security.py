@@ -61,6 +61,11 @@ class TokenClaims:
     issued_at: float | None  # seconds since the epoch
     expires_at: float
     token_id: str | None = None  # jti: what signing out revokes
+    # The `moderator` claim: rooms whose messages this user may delete; "*" is every room.
+    moderator: frozenset[str] = frozenset()
+
+    def moderates(self, room: str) -> bool:
+        return room in self.moderator or "*" in self.moderator
 
     def issued_before(self, moment: datetime | None) -> bool:
         """True when the token predates moment (a password change): it is revoked."""
@@ -147,7 +152,19 @@ def decode_access_token(token: str, *, key: str) -> TokenClaims:
         issued_at=issued_at,
         expires_at=expires_at,
         token_id=token_id,
+        moderator=_moderator_claim(claims.get("moderator")),
     )
+
+
+def _moderator_claim(value: Any) -> frozenset[str]:
+    """The `moderator` claim: absent, "*" (every room), or a list of room ids."""
+    if value is None:
+        return frozenset()
+    if value == "*":
+        return frozenset({"*"})
+    if isinstance(value, list) and all(isinstance(room, str) for room in value):
+        return frozenset(value)
+    raise InvalidToken('moderator claim is not "*" or a list of strings')
 
 
 def _numeric_date(claims: dict[str, Any], name: str) -> float | None:
