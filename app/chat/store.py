@@ -445,26 +445,36 @@ ResendKey = tuple[str, str, str]  # (author, room, client_msg_id)
 
 
 async def _apply(connection: AsyncConnection, change: _Change) -> StoredMessage:
-    """Check and store one edit or delete: its row, and the new state of its target."""
-    target = (
-        await connection.execute(
-            select(Message.room, Message.author, Message.deleted_by).where(
-                Message.id == change.target, MESSAGES_ONLY
-            )
-        )
-    ).first()
-    if target is None or target.room != change.room:  # another room's: as if unknown
-        raise ChangeRefused("unknown_message", f"no message {change.target} in this room")
-    if target.deleted_by is not None:
-        raise ChangeRefused("message_deleted", f"message {change.target} was deleted")
-    if target.author != change.user:
-        if change.kind == "edit":
-            raise ChangeRefused("not_author", "only its author may edit a message")
-        if not change.moderator and not await _granted(connection, change.user, change.room):
-            raise ChangeRefused(
-                "not_moderator", "only its author or a moderator of the room may delete it"
-            )
+    """Check and store one edit or delete: the new state of its target, and its own row.
+
+    The UPDATE comes first and carries the checks: a transaction that begins by writing
+    takes SQLite's write lock at once (one that read first could find it taken since).
+    """
     now = utcnow()
+    state: dict[str, object] = {"body": change.body}  # a deleted message's body goes too
+    if change.kind == "edit":
+        state["edited_at"] = now
+    else:
+        state["deleted_by"] = change.user
+    target = (
+        update(Message)
+        .values(state)
+        .where(
+            Message.id == change.target,
+            Message.room == change.room,  # another room's message is as good as unknown
+            MESSAGES_ONLY,
+            Message.deleted_by.is_(None),
+        )
+    )
+    own = target.where(Message.author == change.user)
+    changed = (await connection.execute(own if not change.moderator else target)).rowcount
+    # A delete of someone else's message: a grant by the CLI (read now: the CLI may have
+    # made it a moment ago, in another process).
+    if not changed and change.kind == "delete" and not change.moderator:
+        if await _granted(connection, change.user, change.room):
+            changed = (await connection.execute(target)).rowcount
+    if not changed:
+        raise await _refusal(connection, change)
     row = {"room": change.room, "author": change.user, "body": change.body, "created_at": now}
     statement = insert(Message).returning(Message.id)
     id_ = (
@@ -472,14 +482,25 @@ async def _apply(connection: AsyncConnection, change: _Change) -> StoredMessage:
             statement, {**row, "kind": change.kind, "target_id": change.target}
         )
     ).scalar_one()
-    state: dict[str, object] = {"body": change.body}  # a deleted message's body goes too
-    if change.kind == "edit":
-        state["edited_at"] = now
-    else:
-        state["deleted_by"] = change.user
-    await connection.execute(update(Message).where(Message.id == change.target).values(state))
     return StoredMessage(
         id_, change.room, change.user, change.body, now, kind=change.kind, target_id=change.target
+    )
+
+
+async def _refusal(connection: AsyncConnection, change: _Change) -> ChangeRefused:
+    """Why change changed nothing."""
+    query = select(Message.room, Message.deleted_by).where(
+        Message.id == change.target, MESSAGES_ONLY
+    )
+    target = (await connection.execute(query)).first()
+    if target is None or target.room != change.room:
+        return ChangeRefused("unknown_message", f"no message {change.target} in this room")
+    if target.deleted_by is not None:
+        return ChangeRefused("message_deleted", f"message {change.target} was deleted")
+    if change.kind == "edit":
+        return ChangeRefused("not_author", "only its author may edit a message")
+    return ChangeRefused(
+        "not_moderator", "only its author or a moderator of the room may delete it"
     )
 
 
