@@ -1,5 +1,5 @@
 """The `chatroom` command: serve, migrate, create-user, set-password, delete-user, token,
-moderator."""
+webhooks, moderator."""
 
 from __future__ import annotations
 
@@ -10,16 +10,18 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 
 from pydantic import ValidationError
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.schemas import Credentials
+from app.chat.webhooks import backlog
 from app.core.config import Settings
 from app.core.db import create_engine, create_session_factory
 from app.core.migrate import NotMigrated, ensure_at_head, upgrade
-from app.core.models import Moderator
+from app.core.models import Moderator, utcnow
 from app.core.security import create_access_token, load_secret_key
 from app.core.users import (
     UsernameTaken,
@@ -73,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         help="restrict the token to this room (repeatable)",
     )
 
+    commands.add_parser("webhooks", help="the webhook backlog: count, oldest, last error")
+
     moderator = commands.add_parser(
         "moderator", help="let a user delete anyone's message in a room (at once, on every server)"
     )
@@ -81,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     moderator.add_argument("--revoke", action="store_true", help="take the grant back")
 
     args = parser.parse_args(argv)
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"chatroom: invalid settings: {_settings_errors(exc)}", file=sys.stderr)
+        return 2
     # Alembic's and uvicorn's progress for the long-running commands; the others say one line.
     verbose = args.command in ("serve", "migrate")
     logging.basicConfig(
@@ -93,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "migrate":
             upgrade(settings.database_url)
             return 0
+        if args.command == "webhooks":
+            return asyncio.run(_print_backlog(settings))
         if args.command == "create-user":
             return asyncio.run(_create_user(settings, args.name, args.password_stdin))
         if args.command == "set-password":
@@ -129,6 +139,15 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         **uvicorn_options(settings),
     )
     return 0
+
+
+def _settings_errors(exc: ValidationError) -> str:
+    """One line: each bad setting by its variable, and what is wrong with it."""
+    errors = []
+    for error in exc.errors():
+        names = [f"CHATROOM_{part}".upper() for part in error["loc"]]
+        errors.append(": ".join([*names, error["msg"].removeprefix("Value error, ")]))
+    return "; ".join(errors)
 
 
 @asynccontextmanager
@@ -241,6 +260,26 @@ async def _print_token(
         )
     )
     return 0
+
+
+async def _print_backlog(settings: Settings) -> int:
+    engine = create_engine(settings.database_url)
+    try:
+        await ensure_at_head(engine)
+        pending = await backlog(engine)
+    finally:
+        await engine.dispose()
+    print(f"webhooks: {'on' if settings.webhook_url else 'off (CHATROOM_WEBHOOK_URL unset)'}")
+    print(f"backlog: {pending.events} event(s)")
+    print(f"oldest pending: {_age(pending.oldest_at)}")
+    print(f"last error: {pending.last_error or '-'}")
+    return 0
+
+
+def _age(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    return f"{(utcnow() - moment).total_seconds():.0f} s ago ({moment:%Y-%m-%d %H:%M:%S} UTC)"
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from app.chat.broker import create_broker
 from app.chat.hub import Hub
 from app.chat.presence import create_presence
 from app.chat.service import ChatService
+from app.chat.webhooks import create_webhook_sender
 from app.core.config import Settings, resource
 from app.core.db import create_engine, create_session_factory
 from app.core.logs import install_redaction
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sessions = create_session_factory(engine)
             hub = Hub()
             revocations = Revocations(sessions)
+            webhooks = create_webhook_sender(settings, engine)
             chat = ChatService(
                 settings=settings,
                 engine=engine,
@@ -51,8 +53,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     settings.broker_url, hub, ttl_seconds=settings.presence_ttl_seconds
                 ),
                 revocations=revocations,
+                outbox=webhooks.outbox if webhooks else None,
             )
             await chat.start()
+            if webhooks:
+                webhooks.start()
             services = Services(
                 settings=settings,
                 engine=engine,
@@ -75,6 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 yield
             finally:
                 uninstall()
+                if webhooks:
+                    await webhooks.stop()
                 await chat.stop()
         finally:
             await engine.dispose()

@@ -6,6 +6,7 @@ reports wall time and process CPU per message (both threads: the loop's and aios
 and how many trips to aiosqlite's thread one batch takes.
 
     python bench/writer.py --messages 2000 --burst 64
+    python bench/writer.py --webhooks    # each batch also fills the webhook outbox
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ def _seed(path: Path) -> None:
         )
 
 
-async def _run(url: str, messages: int, burst: int) -> dict[str, float]:
+async def _run(url: str, messages: int, burst: int, webhooks: bool) -> dict[str, float]:
     engine = create_engine(url)
     broker = MemoryBroker()
     await broker.start(lambda frames: None, _nothing)
-    writer = MessageWriter(engine, broker, LocalOnly())
+    writer = MessageWriter(
+        engine, broker, LocalOnly(), outbox=asyncio.Event() if webhooks else None
+    )
     writer.start()
     trips = 0
     real = aiosqlite.Connection._execute
@@ -102,13 +105,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--burst", type=int, default=64)
+    parser.add_argument("--webhooks", action="store_true", help="writer with the outbox")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="chatroom-writer-") as scratch:
         path = Path(scratch) / "writer.db"
         url = f"sqlite+aiosqlite:///{path}"
         upgrade(url)
         _seed(path)
-        result = uvloop.run(_run(url, args.messages, args.burst))  # as uvicorn runs it
+        # as uvicorn runs it
+        result = uvloop.run(_run(url, args.messages, args.burst, args.webhooks))
         result |= _sqlite3_loop(path, args.messages)
     print(json.dumps(result))
 

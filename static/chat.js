@@ -1,4 +1,6 @@
-// chatroom browser client: the recent-rooms list, and one room over a WebSocket.
+// chatroom browser client: the recent-rooms list, and one room over a WebSocket, on the full
+// page (/chat/<id>, signed in by the session cookie) or framed by a host (/embed/<id>, signed
+// in by the host's token: see "credentials" below and docs/embedding.md).
 //
 // Safe by construction: every piece of text from the server or a user is inserted with
 // textContent (or as a text node), never parsed as HTML. No inline styles (the CSP forbids them).
@@ -21,7 +23,7 @@
   const COUNTER_FROM = 0.8;         // show the character counter past this share of the limit
 
   const $ = (id) => document.getElementById(id);
-  const me = document.body.dataset.user;
+  let me = document.body.dataset.user;  // framed: unknown until the welcome frame names it
   const room = document.body.dataset.room;
 
   function el(tag, className, text) {
@@ -95,6 +97,21 @@
   if ($("rooms")) loadRooms();
   if (!room) return;
 
+  // ---------------------------------------------------------------- credentials
+  // The full page rides on the session cookie. A framed room may have no cookie at all (many
+  // browsers keep none in third-party frames): the host hands it a token, in the fragment or by
+  // postMessage, neither of which reaches a server log. The page then sends it as a bearer
+  // header over HTTP and as ?token= on the socket, which browsers cannot give headers; the
+  // server redacts that from its logs.
+  const framed = document.body.dataset.origins !== undefined;
+  let token = null;
+
+  function fetchHistory(query) {
+    const headers = {accept: "application/json"};
+    if (token) headers.authorization = `Bearer ${token}`;
+    return fetch(historyUrl(query), {headers});
+  }
+
   // ---------------------------------------------------------------- the room
   const scroller = $("scroller");
   const list = $("messages");
@@ -108,6 +125,7 @@
   const statusEl = $("status");
   const statusText = $("status-text");
   const retryButton = $("retry");
+  const sendButton = $("send");
   const onlineList = $("online");
   const onlineCount = $("online-count");
   const maxChars = Number(document.body.dataset.maxChars) || 4000;
@@ -308,6 +326,7 @@
 
   function signedOut() {
     stop("Signed out");
+    if (framed) return showError("Your sign-in has expired. Reload the page to keep chatting.");
     const link = el("a", "", "Sign in again");
     link.href = "/login?next=" + encodeURIComponent(location.pathname);
     showError("Your session has ended. ", link, " to keep chatting.");
@@ -323,19 +342,27 @@
     clearTimeout(retryTimer);
     clearInterval(countdown);
     setStatus("offline", text);
-    input.disabled = true;
-    form.querySelector("button").disabled = true;
+    setComposer(false);
+  }
+
+  function setComposer(enabled) {
+    input.disabled = !enabled;
+    sendButton.disabled = !enabled;
   }
 
   // -------------------------------------------------- the socket
   function connect() {
     clearTimeout(retryTimer);
     clearInterval(countdown);
-    if (stopped || socket) return;
+    if (stopped || socket || (framed && !token)) return;
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    let url = `${scheme}//${location.host}/items/${encodeURIComponent(room)}/ws`;
+    const query = new URLSearchParams();
+    if (token) query.set("token", token);
     const since = newestId;
-    if (since !== null) url += `?since=${since}`;
+    if (since !== null) query.set("since", since);
+    const search = query.toString();
+    const url = `${scheme}//${location.host}/items/${encodeURIComponent(room)}/ws` +
+      (search && `?${search}`);
     setStatus("connecting", attempt ? "Reconnecting…" : "Connecting…");
     const ws = new WebSocket(url);
     socket = ws;
@@ -360,7 +387,7 @@
   // over HTTP whether the session or the room is the reason before trying again.
   async function probe() {
     try {
-      const response = await fetch(historyUrl({limit: 1}), {headers: {accept: "application/json"}});
+      const response = await fetchHistory({limit: 1});
       if (response.status === 401) return signedOut();
       if (response.status === 403) return refused();
     } catch {
@@ -390,6 +417,8 @@
     switch (frame.type) {
       case "welcome":
         attempt = 0;
+        me = frame.user;
+        setComposer(true);
         document.body.classList.toggle("moderator", frame.moderator === true);
         present.clear();
         for (const name of frame.online) present.add(name);
@@ -439,7 +468,7 @@
       for (;;) {
         let page;
         try {
-          const response = await fetch(historyUrl({after, limit: 200}));
+          const response = await fetchHistory({after, limit: 200});
           if (!response.ok) throw new Error(`HTTP ${response.status}`);
           page = await response.json();
         } catch {
@@ -455,7 +484,9 @@
     if (socket !== ws) return;
     ready = true;
     for (const p of pending) transmit(p);
-    if (first && document.activeElement === document.body && matchMedia("(pointer: fine)").matches) {
+    // A framed room never takes the focus from the host's page.
+    const focusable = !framed && document.activeElement === document.body;
+    if (first && focusable && matchMedia("(pointer: fine)").matches) {
       input.focus();
     }
   }
@@ -612,7 +643,7 @@
     // Nothing shown yet (a replay with no room for even the newest message): the newest page.
     const query = oldestId === null ? {limit: PAGE_SIZE} : {before: oldestId, limit: PAGE_SIZE};
     try {
-      const response = await fetch(historyUrl(query));
+      const response = await fetchHistory(query);
       if (response.status === 401) return signedOut();
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       const page = await response.json();
@@ -629,5 +660,33 @@
     }
   });
 
-  connect();
+  // A token from the host: the first one opens the room, a later one (the host renewing an
+  // expiring token) serves the next connection, or reopens a room the old one was refused.
+  function useToken(value) {
+    token = value;
+    if (stopped) {
+      stopped = false;
+      hideError();
+    }
+    if (!socket) { attempt = 0; connect(); }
+  }
+
+  if (!framed) {
+    connect();
+  } else {
+    const origins = document.body.dataset.origins.split(" ");
+    window.addEventListener("message", (event) => {
+      if (event.source !== window.parent || !origins.includes(event.origin)) return;
+      if (typeof event.data?.token === "string") useToken(event.data.token);
+    });
+    setComposer(false);  // until the welcome frame says who is writing
+    const fromFragment = new URLSearchParams(location.hash.slice(1)).get("token");
+    if (fromFragment) {
+      // Out of the frame's address, where it could be copied or shown.
+      history.replaceState(null, "", location.pathname + location.search);
+      useToken(fromFragment);
+    } else {
+      setStatus("connecting", "Waiting for the host page…");
+    }
+  }
 })();

@@ -1,14 +1,18 @@
-"""Test helpers: a real server on a free port, and a WebSocket chat client."""
+"""Test helpers: a real server on a free port, a WebSocket chat client, a webhook host."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -155,3 +159,73 @@ async def join(server: LiveServer, room: str, token: str, query: str = "") -> Ch
     client = await connect(server, room, token, query)
     await client.join()
     return client
+
+
+HOOK_SECRET = "the host's webhook secret"
+
+
+class Receiver:
+    """The host: records every POST (body, signature header, the answer it gave)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.answer: Callable[[dict[str, Any]], int] = lambda event: 200
+        self.requests: list[tuple[bytes, str, int]] = []
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    def start(self) -> None:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers["content-length"]))
+                status = receiver.answer(json.loads(body))
+                with receiver._lock:
+                    receiver.requests.append(
+                        (body, self.headers.get("X-Chatroom-Signature", ""), status)
+                    )
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def events(self, accepted_only: bool = False) -> list[dict[str, Any]]:
+        with self._lock:
+            requests = list(self.requests)
+        return [json.loads(b) for b, _, status in requests if status == 200 or not accepted_only]
+
+    def accepted_messages(self, room: str) -> list[int]:
+        """The room's message ids the host accepted, first arrivals only, in arrival order."""
+        seen: dict[int, int] = {}
+        for event in self.events(accepted_only=True):
+            if event["room"] == room:
+                seen.setdefault(event["id"], event["message"]["id"])
+        return list(seen.values())
+
+
+def assert_sent_in_room_order(receiver: Receiver, rooms: list[str]) -> None:
+    """No event was ever sent before every earlier event of its room had been accepted."""
+    accepted: set[int] = set()
+    sent_ids: dict[str, list[int]] = {room: [] for room in rooms}
+    for body, signature, status in list(receiver.requests):
+        expected = hmac.new(HOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+        assert signature == f"sha256={expected}"
+        event = json.loads(body)
+        assert event["type"] == "message.created"
+        assert event["room"] == event["message"]["room"]
+        earlier = [e for e in sent_ids[event["room"]] if e < event["id"]]
+        assert set(earlier) <= accepted, f"event {event['id']} sent before {earlier}"
+        sent_ids[event["room"]].append(event["id"])
+        if status == 200:
+            accepted.add(event["id"])

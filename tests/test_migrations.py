@@ -23,7 +23,14 @@ def test_upgrade_from_empty_matches_models_and_downgrade_to_base(tmp_path: Path)
     path = tmp_path / "m.db"
     url = f"sqlite+aiosqlite:///{path}"
     upgrade(url)
-    assert tables(path) == {"alembic_version", "users", "messages", "moderators", "revocations"}
+    assert tables(path) == {
+        "alembic_version",
+        "users",
+        "messages",
+        "moderators",
+        "revocations",
+        "webhook_events",
+    }
     engine = create_engine(f"sqlite:///{path}")
     with engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
@@ -36,11 +43,16 @@ def test_upgrade_from_empty_matches_models_and_downgrade_to_base(tmp_path: Path)
         (revocations_sql,) = db.execute(
             "SELECT sql FROM sqlite_master WHERE name = 'revocations'"
         ).fetchone()
+        (events_sql,) = db.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'webhook_events'"
+        ).fetchone()
     # Without AUTOINCREMENT SQLite may reuse the id of a deleted newest message, and a client
     # resuming with ?since= would never see the new one; a server polling revocations by id
     # would miss one the same way.
     assert "AUTOINCREMENT" in messages_sql
     assert "AUTOINCREMENT" in revocations_sql
+    # Delivered events are deleted; a reused event id would be dropped by hosts as a repeat.
+    assert "AUTOINCREMENT" in events_sql
     downgrade(url, "base")
     assert tables(path) == {"alembic_version"}
     upgrade(url)  # and up again, as a redeploy after a rollback would

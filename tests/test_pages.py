@@ -6,6 +6,7 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from app.core.config import Settings
 from app.core.security import create_access_token
 from tests.helpers import PASSWORD, SECRET, LiveServer, join, register
 
@@ -125,6 +126,32 @@ async def test_pages_carry_a_strict_content_security_policy(http: httpx.AsyncCli
     assert policy.startswith("default-src 'self'; script-src 'self' 'sha256-")
     assert "unsafe-inline" not in policy and "frame-ancestors 'none'" in policy
     assert docs.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_only_the_embedded_room_may_be_framed_and_only_by_the_allowed_origins(
+    settings: Settings, http: httpx.AsyncClient
+) -> None:
+    hosts = "https://tickets.example, https://shop.example:8443/"
+    live = LiveServer(settings.model_copy(update={"allowed_origins": hosts})).start()
+    try:
+        async with httpx.AsyncClient(base_url=live.url) as client:
+            # No cookie and no token: the page is a shell; the host's token opens the room.
+            embed = await client.get("/embed/ticket-42")
+            assert embed.status_code == 200
+            assert 'data-room="ticket-42"' in embed.text and "data-user" not in embed.text
+            allowed = "https://shop.example:8443 https://tickets.example"
+            assert f'data-origins="{allowed}"' in embed.text
+            policy = embed.headers["content-security-policy"]
+            assert f"frame-ancestors {allowed};" in policy
+            assert "script-src 'self';" in policy and "connect-src 'self';" in policy
+            for path in ("/login", "/chat/ticket-42", "/docs", "/static/chat.js", "/nowhere"):
+                policy = (await client.get(path)).headers["content-security-policy"]
+                assert "frame-ancestors 'none'" in policy, path
+    finally:
+        live.stop()
+    # With no allowed origins nobody may frame it.
+    embed = await http.get("/embed/ticket-42")
+    assert "frame-ancestors 'none'" in embed.headers["content-security-policy"]
 
 
 async def test_rooms_lists_active_rooms_newest_first(server: LiveServer) -> None:

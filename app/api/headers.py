@@ -2,8 +2,10 @@
 
 The pages load one stylesheet and one script from /static and talk to the same origin only
 (fetch and WebSocket: CSP Level 3 lets 'self' match ws:/wss: on the page's own host), so the
-policy allows nothing inline and nothing from elsewhere. A response that sets its own policy
-keeps it: the API docs add the hash of their one inline script (app/api/routes/docs.py).
+policy allows nothing inline and nothing from elsewhere, and no page may be framed. A response
+that sets its own policy keeps it: the API docs add the hash of their one inline script
+(app/api/routes/docs.py), and the embedded room may be framed by the allowed origins
+(app/api/routes/pages.py).
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
-def content_security_policy(scripts: Iterable[str] = ()) -> str:
-    """The policy; scripts: more script-src sources (a 'sha256-...' hash)."""
+def content_security_policy(scripts: Iterable[str] = (), framers: Iterable[str] = ()) -> str:
+    """The policy; scripts: more script-src sources (a 'sha256-...' hash); framers: the
+    origins whose pages may frame this one (none: no page may)."""
     script_src = " ".join(("'self'", *scripts))
+    frame_ancestors = " ".join(framers) or "'none'"
     return (
         f"default-src 'self'; script-src {script_src}; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+        f"connect-src 'self'; frame-ancestors {frame_ancestors}; base-uri 'none'; "
+        "form-action 'self'"
     )
 
 

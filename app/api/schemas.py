@@ -56,6 +56,21 @@ class MessageOut(BaseModel):
     deleted_by: str | None = Field(None, description="Who deleted it (its author or a moderator)")
 
 
+class MessageIn(BaseModel):
+    """A message posted over REST; the body and client_msg_id rules are the socket's
+    (app/chat/protocol.py), checked there."""
+
+    body: str
+    client_msg_id: str | None = None
+
+
+class PostedMessageOut(MessageOut):
+    """The stored message, as its `message` frame."""
+
+    type: str = "message"
+    client_msg_id: str | None = None
+
+
 class HistoryOut(BaseModel):
     room: str
     messages: list[MessageOut]

@@ -86,7 +86,11 @@ def _parse_object(data: dict[str, Any], *, max_chars: int) -> ClientMessage | Cl
         raise FrameError(
             "unknown_type", f"unknown frame type {kind!r}; expected 'message', 'edit' or 'delete'"
         )
-    client_msg_id = data.get("client_msg_id")
+    return parse_message(data.get("body"), data.get("client_msg_id"), max_chars=max_chars)
+
+
+def parse_message(body: Any, client_msg_id: Any, *, max_chars: int) -> ClientMessage:
+    """The rules of a message's body and client_msg_id, for the socket and for REST alike."""
     if client_msg_id is not None and (
         not isinstance(client_msg_id, str)
         or not 1 <= len(client_msg_id) <= MAX_CLIENT_MSG_ID_CHARS
@@ -96,7 +100,6 @@ def _parse_object(data: dict[str, Any], *, max_chars: int) -> ClientMessage | Cl
             "invalid_client_msg_id",
             f"'client_msg_id' must be a string of 1 to {MAX_CLIENT_MSG_ID_CHARS} characters",
         )
-    body = data.get("body")
     try:
         if not isinstance(body, str):
             raise FrameError("invalid_body", "'body' must be a string")

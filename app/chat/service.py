@@ -31,11 +31,12 @@ from app.chat.protocol import (
     history_space,
     message_frame,
     parse_client_frame,
+    parse_message,
     presence_frame,
     stored_frame,
     welcome_frame,
 )
-from app.chat.ratelimit import TokenBucket
+from app.chat.ratelimit import RateLimited, TokenBucket
 from app.chat.recent import RecentHistory
 from app.chat.store import (
     ChangeRefused,
@@ -73,7 +74,9 @@ class ChatService:
         broker: Broker,
         presence: Presence,
         revocations: Revocations,
+        outbox: asyncio.Event | None = None,
     ) -> None:
+        """outbox: webhooks are on; the writer queues their events (see MessageWriter)."""
         self.settings = settings
         self.revocations = revocations
         self.hub = hub
@@ -83,7 +86,7 @@ class ChatService:
         room_lock = create_room_lock(
             settings.database_url, shared=not isinstance(broker, MemoryBroker)
         )
-        self.writer = MessageWriter(engine, broker, room_lock)
+        self.writer = MessageWriter(engine, broker, room_lock, outbox=outbox)
         # The most a history frame takes: it counts against the socket's send buffer.
         self.history_bytes = history_budget(settings.send_buffer_bytes)
         self.recent = RecentHistory(
@@ -311,11 +314,39 @@ class ChatService:
             logger.warning("moderators of %s unavailable: %s", room, exc)
             return False
 
-    async def _receive(self, websocket: WebSocket, connection: Connection) -> None:
-        bucket = self._buckets.get(connection.user)
+    async def post(
+        self, *, room: str, user: str, body: object, client_msg_id: object = None
+    ) -> Stored:
+        """Store and broadcast a message sent over REST, as if it came over a socket.
+
+        The same body rules, rate bucket and writer as a socket's messages. Raises
+        FrameError (invalid), RateLimited or StoreFailed; a resend answers the stored one.
+        """
+        message = parse_message(body, client_msg_id, max_chars=self.settings.max_message_chars)
+        wait = self._bucket(user).take()
+        if wait:
+            raise RateLimited(self._rate_detail, wait)
+        stored = await self.writer.submit(
+            room=room, author=user, body=message.body, client_msg_id=message.client_msg_id
+        )
+        if not stored.published:
+            self.recent.forget({room})  # as for a socket's message (_answer_sender)
+        return stored
+
+    def _bucket(self, user: str) -> TokenBucket:
+        """The user's send-rate bucket, shared by their sockets and REST posts."""
+        bucket = self._buckets.get(user)
         if bucket is None:
             bucket = TokenBucket(self.settings.rate_limit, self.settings.rate_burst)
-            self._buckets[connection.user] = bucket
+            self._buckets[user] = bucket
+        return bucket
+
+    @property
+    def _rate_detail(self) -> str:
+        return f"too many messages: at most {self.settings.rate_limit:g} a second"
+
+    async def _receive(self, websocket: WebSocket, connection: Connection) -> None:
+        bucket = self._bucket(connection.user)
         in_flight: list[asyncio.Future[Stored]] = []  # its messages awaiting their commit
         while True:
             if len(in_flight) >= MAX_IN_FLIGHT:  # stop reading until the oldest is stored
@@ -343,9 +374,9 @@ class ChatService:
             return None
         wait = bucket.take()
         if wait:
-            detail = f"too many messages: at most {settings.rate_limit:g} a second"
             cid = message.client_msg_id
-            _tell(connection, error_frame("rate_limited", detail, cid, retry_after=round(wait, 3)))
+            frame = error_frame("rate_limited", self._rate_detail, cid, retry_after=round(wait, 3))
+            _tell(connection, frame)
             return None
         if isinstance(message, ClientChange):
             return self._submit_change(connection, message)

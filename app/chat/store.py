@@ -9,9 +9,11 @@ broker: stored before anyone sees them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from collections.abc import Collection, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -25,7 +27,7 @@ from app.chat.hub import Frame
 from app.chat.ordering import RoomLock
 from app.chat.protocol import message_bytes, stored_frame
 from app.core.db import AUTOCOMMIT
-from app.core.models import Message, Moderator, utcnow
+from app.core.models import Message, Moderator, WebhookEvent, utcnow
 
 logger = logging.getLogger("chatroom.store")
 
@@ -189,6 +191,14 @@ async def frames_after(
     return texts, after, False
 
 
+async def messages_by_id(
+    connection: AsyncConnection, ids: Collection[int]
+) -> dict[int, StoredMessage]:
+    """The stored messages of these ids (absent: no such message)."""
+    query = select(*_COLUMNS).where(Message.id.in_(sorted(ids)))
+    return {row.id: _stored(row) for row in await connection.execute(query)}
+
+
 @dataclass(frozen=True, slots=True)
 class RoomActivity:
     room: str
@@ -229,12 +239,24 @@ async def recent_rooms(
 
 
 class MessageWriter:
-    """The single writer of messages in this process."""
+    """The single writer of messages in this process.
 
-    def __init__(self, engine: AsyncEngine, broker: Broker, room_lock: RoomLock) -> None:
+    With an outbox (webhooks on), each batch also queues a webhook event per new message in
+    the same transaction, and sets the outbox event for the delivery task once committed.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        broker: Broker,
+        room_lock: RoomLock,
+        *,
+        outbox: asyncio.Event | None = None,
+    ) -> None:
         self._engine = engine
         self._broker = broker
         self._room_lock = room_lock
+        self._outbox = outbox
         self._queue: asyncio.Queue[_Pending | _Change | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -327,7 +349,9 @@ class MessageWriter:
     async def _connect(self) -> AsyncConnection:
         if self._connection is None:
             connection = await self._engine.connect()
-            self._connection = await connection.execution_options(**AUTOCOMMIT)
+            if self._outbox is None:  # every batch one statement: no BEGIN and COMMIT
+                connection = await connection.execution_options(**AUTOCOMMIT)
+            self._connection = connection
         return self._connection
 
     async def _write(self, batch: list[_Pending]) -> None:
@@ -337,7 +361,9 @@ class MessageWriter:
                 # A writer must never hang: a batch that has not committed by then fails
                 # (store_failed), and the connection is replaced.
                 async with asyncio.timeout(WRITE_TIMEOUT_SECONDS):
-                    results = await _insert(connection, batch)
+                    results = await _insert(connection, batch, self._outbox is not None)
+                if self._outbox is not None:
+                    self._outbox.set()
                 published = await self._publish([r.message for r in results if not r.duplicate])
         except Exception as exc:
             await self._disconnect(invalidate=True)
@@ -385,8 +411,9 @@ def _unpublished(result: Stored) -> Stored:
     return Stored(result.message, result.duplicate, published=False)
 
 
-async def _insert(connection: AsyncConnection, batch: list[_Pending]) -> list[Stored]:
-    """Store batch as one INSERT: one statement, so one transaction, all or nothing.
+async def _insert(connection: AsyncConnection, batch: list[_Pending], outbox: bool) -> list[Stored]:
+    """Store batch as one INSERT: one statement, so one transaction, all or nothing (with
+    the outbox: one transaction of two statements, the messages and their events).
 
     Resends resolve to the messages stored before: a later one in the batch to the first,
     and one stored by an earlier batch through the unique (author, room, client_msg_id),
@@ -397,13 +424,14 @@ async def _insert(connection: AsyncConnection, batch: list[_Pending]) -> list[St
     rows = [p for p in batch if p.key is None or first.setdefault(p.key, p) is p]
     known: dict[ResendKey, StoredMessage] = {}
     try:
-        ids = await _insert_rows(connection, rows, now)
+        ids = await _insert_rows(connection, rows, now, outbox)
     except IntegrityError:
-        known = await _stored_resends(connection, rows)
+        async with _transaction(connection, outbox):
+            known = await _stored_resends(connection, rows)
         if not known:
             raise  # not a resend: something in one of the messages (see _write)
         rows = [p for p in rows if p.key is None or p.key not in known]
-        ids = await _insert_rows(connection, rows, now)
+        ids = await _insert_rows(connection, rows, now, outbox)
     inserted = {
         id(p): StoredMessage(id_, p.room, p.author, p.body, now, p.client_msg_id)
         for id_, p in zip(ids, rows, strict=True)
@@ -421,10 +449,17 @@ async def _insert(connection: AsyncConnection, batch: list[_Pending]) -> list[St
     return results
 
 
+def _transaction(connection: AsyncConnection, outbox: bool) -> AbstractAsyncContextManager[Any]:
+    """With the outbox, one transaction around the statements inside; without it, none: the
+    connection is in AUTOCOMMIT, each statement its own transaction."""
+    return connection.begin() if outbox else contextlib.nullcontext()
+
+
 async def _insert_rows(
-    connection: AsyncConnection, rows: list[_Pending], now: datetime
+    connection: AsyncConnection, rows: list[_Pending], now: datetime, outbox: bool
 ) -> Sequence[int]:
-    """INSERT ... RETURNING the ids, in the order of rows (the insert sentinel's doing)."""
+    """INSERT ... RETURNING the ids, in the order of rows (the insert sentinel's doing);
+    with the outbox, their webhook events in the same transaction."""
     if not rows:
         return []
     statement = insert(Message).returning(Message.id, sort_by_parameter_order=True)
@@ -438,7 +473,12 @@ async def _insert_rows(
         }
         for p in rows
     ]
-    return (await connection.execute(statement, values)).scalars().all()
+    async with _transaction(connection, outbox):
+        ids = (await connection.execute(statement, values)).scalars().all()
+        if outbox:  # copied by the database: no parameters to process per row
+            new = select(Message.room, Message.id).where(Message.id.in_(ids)).order_by(Message.id)
+            await connection.execute(insert(WebhookEvent).from_select(["room", "message_id"], new))
+    return ids
 
 
 ResendKey = tuple[str, str, str]  # (author, room, client_msg_id)

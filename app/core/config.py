@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field
+from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -57,6 +58,24 @@ class Settings(BaseSettings):
     backlog: int = Field(default=2048, ge=1)  # connections the kernel queues before accept
     host: str = "127.0.0.1"
     port: int = 8080
+
+    # Webhooks (app/chat/webhooks.py): every stored message POSTed here, signed with the
+    # secret. Unset: off, and the writer keeps no outbox.
+    webhook_url: HttpUrl | None = None
+    webhook_secret: SecretStr | None = None
+    # Failed deliveries are retried after 1, 2, 4, ... seconds, at most this long apart.
+    webhook_retry_max_seconds: float = Field(default=60.0, gt=0)
+
+    @field_validator("webhook_url", "webhook_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _webhook_needs_secret(self) -> Self:
+        if self.webhook_url is not None and self.webhook_secret is None:
+            raise ValueError("CHATROOM_WEBHOOK_SECRET must be set with CHATROOM_WEBHOOK_URL")
+        return self
 
     @property
     def allowed_origin_list(self) -> frozenset[str]:

@@ -129,3 +129,29 @@ class Revocation(Base):
     reason: Mapped[str] = mapped_column(String(32))  # the close reason its sockets get
     # When nothing it revokes is valid any more: the row may go.
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class WebhookEvent(Base):
+    """The webhook outbox: an event not yet delivered to the host (app/chat/webhooks.py).
+
+    Written by the message writer in the transaction that stores its message; deleted once
+    the host has answered 2xx. Only a room's first event (its head) is ever attempted, so
+    attempts, retry_at and the error are the head's.
+    """
+
+    __tablename__ = "webhook_events"
+    # AUTOINCREMENT: rows are deleted, and the id is the event id hosts drop repeats by, so
+    # it must never be handed out twice.
+    __table_args__ = (
+        Index("ix_webhook_events_room_id", "room", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    room: Mapped[str] = mapped_column(String(64))
+    message_id: Mapped[int] = mapped_column(Integer)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Not before then: a failed head's backoff, or a claimed event's lease; NULL: due.
+    retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

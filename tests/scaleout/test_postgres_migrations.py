@@ -54,7 +54,7 @@ def test_upgrade_downgrade_upgrade_matches_models(postgres_url: str) -> None:
     assert not at_head(postgres_url), "an empty database passed for migrated"
     upgrade(postgres_url)
     tables, diff = schema(postgres_url)
-    assert tables == {"alembic_version", "users", "messages", "revocations"}
+    assert tables == {"alembic_version", "users", "messages", "revocations", "webhook_events"}
     assert diff == [], f"models and migrations disagree on PostgreSQL: {diff}"
     assert at_head(postgres_url)
 
@@ -65,6 +65,6 @@ def test_upgrade_downgrade_upgrade_matches_models(postgres_url: str) -> None:
 
     upgrade(postgres_url)  # and up again, as a redeploy after a rollback would
     tables, diff = schema(postgres_url)
-    assert tables == {"alembic_version", "users", "messages", "revocations"}
+    assert tables == {"alembic_version", "users", "messages", "revocations", "webhook_events"}
     assert diff == [], f"models and migrations disagree after a downgrade: {diff}"
     assert at_head(postgres_url)

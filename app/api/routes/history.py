@@ -1,22 +1,26 @@
-"""REST history of a room, and the health check."""
+"""REST history of a room, posting to it, and the health check."""
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, Response, status
 
-from app.api.deps import CurrentIdentity, ServicesDep
+from app.api.deps import CurrentIdentity, Identity, ServicesDep
 from app.api.schemas import (
     MAX_MESSAGE_ID,
     NOT_AUTHENTICATED,
     HistoryOut,
+    MessageIn,
     MessageOut,
+    PostedMessageOut,
     RoomId,
     error,
 )
-from app.chat.protocol import message_payload
-from app.chat.store import history_page
+from app.chat.protocol import FrameError, message_frame, message_payload
+from app.chat.ratelimit import RateLimited
+from app.chat.store import StoreFailed, history_page
 
 router = APIRouter()
 
@@ -46,8 +50,7 @@ async def room_history(
     older ones exist. With `after`: the oldest `limit` messages after it; `has_more` says newer
     ones exist.
     """
-    if not identity.may_enter(item_id):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "your token does not open this room")
+    _check_room(identity, item_id)
     messages, has_more = await history_page(
         services.sessions, room=item_id, limit=limit, before=before, after=after
     )
@@ -56,6 +59,53 @@ async def room_history(
         messages=[MessageOut.model_validate(message_payload(m)) for m in messages],
         has_more=has_more,
     )
+
+
+@router.post(
+    "/items/{item_id}/messages",
+    tags=["history"],
+    status_code=status.HTTP_201_CREATED,
+    response_model=PostedMessageOut,
+    responses={
+        200: {"model": PostedMessageOut, "description": "A resend: the message stored before"},
+        403: {"description": "The token's `rooms` do not include this room"},
+        422: {"description": "Empty or too long body, or a bad `client_msg_id`"},
+        429: {"description": "Over the user's send rate (`Retry-After`)"},
+        503: {"description": "The message could not be stored; send it again"},
+    },
+)
+async def post_message(
+    item_id: RoomId, message: MessageIn, identity: CurrentIdentity, services: ServicesDep
+) -> Response:
+    """Store a message and broadcast it to the room, as if sent over its socket.
+
+    201 with the stored message; a `client_msg_id` its user already sent to this room stores
+    nothing and answers 200 with the message stored the first time.
+    """
+    _check_room(identity, item_id)
+    try:
+        stored = await services.chat.post(
+            room=item_id,
+            user=identity.username,
+            body=message.body,
+            client_msg_id=message.client_msg_id,
+        )
+    except FrameError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, exc.detail) from None
+    except RateLimited as exc:
+        headers = {"Retry-After": str(math.ceil(exc.retry_after))}
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, exc.detail, headers) from None
+    except StoreFailed:
+        detail = "the message could not be stored; send it again"
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail) from None
+    code = status.HTTP_200_OK if stored.duplicate else status.HTTP_201_CREATED
+    # The very text of its `message` frame: one encoder for socket, history and REST.
+    return Response(message_frame(stored.message), code, media_type="application/json")
+
+
+def _check_room(identity: Identity, room: str) -> None:
+    if not identity.may_enter(room):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "your token does not open this room")
 
 
 # HEAD too: uptime monitors and load balancers often probe with it.

@@ -1,4 +1,4 @@
-"""Browser pages: login, registration, logout and the chat view."""
+"""Browser pages: login, registration, logout, the chat view and the room a host frames."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from app.api.deps import (
     SessionDep,
     optional_identity,
 )
+from app.api.headers import content_security_policy
 from app.api.routes.auth import client_address, issue_token, renew_password
 from app.api.schemas import (
     PASSWORD_MAX_CHARS,
@@ -317,6 +318,25 @@ async def chat_room(
     request: Request, services: ServicesDep, identity: BrowserUser, item_id: RoomId
 ) -> Response:
     return _chat_page(request, services, identity, room=item_id)
+
+
+@router.get("/embed/{item_id}")
+async def embedded_room(request: Request, services: ServicesDep, item_id: RoomId) -> Response:
+    """The room for a host's item page to frame (docs/embedding.md).
+
+    No cookie and no user here: the host hands the page a token in the fragment or by
+    postMessage, which never reach a server log. Only the allowed origins may frame it.
+    """
+    origins = sorted(services.settings.allowed_origin_list)
+    response = _render(
+        request,
+        "embed.html",
+        room=item_id,
+        origins=" ".join(origins),
+        max_chars=services.settings.max_message_chars,
+    )
+    response.headers["Content-Security-Policy"] = content_security_policy(framers=origins)
+    return response
 
 
 def _chat_page(

@@ -1,9 +1,9 @@
 """edits and deletions as rows of messages (kind, target_id), their state on the target
 (edited_at, deleted_by), and the moderators granted by the CLI
 
-Revision ID: 0006
-Revises: 0005
-Create Date: 2026-12-10
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-02
 """
 
 from collections.abc import Sequence
@@ -13,8 +13,8 @@ from alembic import op
 
 from app.core.models import UTCDateTime
 
-revision: str = "0006"
-down_revision: str | None = "0005"
+revision: str = "0007"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
