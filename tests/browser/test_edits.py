@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.browser.conftest import LOOP, Browsers, say
+from tests.test_edits import moderator_token
 
 try:
     from playwright.async_api import expect
@@ -58,3 +59,16 @@ async def test_up_arrow_edits_the_last_own_message_and_the_menu_deletes(
     await box.fill("")
     await box.press("Enter")
     await expect(bob.locator(TEXTS)).to_have_text(["message deleted", "message deleted"])
+
+
+async def test_a_moderator_is_offered_delete_on_everyones_messages(browsers: Browsers) -> None:
+    alice = await browsers.open_room("alice", "ticket-1")
+    await say(alice, "off topic")
+    await browsers.token("mod")  # the account; its page signs in with a moderator's token
+    browsers.tokens["mod"] = moderator_token("mod", ["ticket-1"])
+    mod = await browsers.open_room("mod", "ticket-1")
+    message = mod.locator(".message[data-id]").first
+    await message.hover()
+    await message.get_by_role("button", name="Delete").click()
+    for page in (alice, mod):
+        await expect(page.locator(TEXTS)).to_have_text(["message deleted"])
