@@ -1,5 +1,5 @@
 """The `chatroom` command: serve, migrate, create-user, set-password, delete-user, token,
-webhooks."""
+webhooks, moderator."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 
 from pydantic import ValidationError
+from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.schemas import Credentials
@@ -20,7 +21,7 @@ from app.chat.webhooks import backlog
 from app.core.config import Settings
 from app.core.db import create_engine, create_session_factory
 from app.core.migrate import NotMigrated, ensure_at_head, upgrade
-from app.core.models import utcnow
+from app.core.models import Moderator, utcnow
 from app.core.security import BadPublicKey, create_access_token, load_public_key, load_secret_key
 from app.core.throttle import HashGate
 from app.core.users import (
@@ -79,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("webhooks", help="the webhook backlog: count, oldest, last error")
 
+    moderator = commands.add_parser(
+        "moderator", help="let a user delete anyone's message in a room (at once, on every server)"
+    )
+    moderator.add_argument("name")
+    moderator.add_argument("--room", required=True, metavar="ITEM_ID")
+    moderator.add_argument("--revoke", action="store_true", help="take the grant back")
+
     args = parser.parse_args(argv)
     try:
         settings = Settings()
@@ -104,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_set_password(settings, args.name, args.password_stdin))
         if args.command == "delete-user":
             return asyncio.run(_delete_user(settings, args.name))
+        if args.command == "moderator":
+            return asyncio.run(_moderator(settings, args.name, args.room, revoke=args.revoke))
         return asyncio.run(_print_token(settings, args.name, args.minutes, args.rooms))
     except (NotMigrated, BadPublicKey) as exc:
         # NotMigrated's usual cause: run from another directory than the server.
@@ -222,6 +232,22 @@ async def _delete_user(settings: Settings, name: str) -> int:
             return 1
         await delete_user(session, user=user, token_minutes=settings.access_token_minutes)
     print(f"deleted {name}: their sockets close within a second; their messages stay")
+    return 0
+
+
+async def _moderator(settings: Settings, name: str, room: str, *, revoke: bool) -> int:
+    async with _database(settings) as session:
+        user = await get_user(session, username=name)
+        if user is None or is_deleted(user):
+            print(f"no user {name!r}", file=sys.stderr)
+            return 1
+        grant = Moderator(username=name, room=room)
+        if revoke:
+            await session.execute(delete(Moderator).filter_by(username=name, room=room))
+        else:
+            await session.merge(grant)  # granting twice is no error
+        await session.commit()
+    print(f"{name} {'no longer moderates' if revoke else 'now moderates'} {room}")
     return 0
 
 

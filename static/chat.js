@@ -10,6 +10,9 @@
 // shows one twice. Each message sent carries a random client_msg_id; until its broadcast comes
 // back it stays on screen as "sending", and after a reconnect it is sent again unless the replay
 // shows it was already stored.
+//
+// Edits and deletions take their place in the same id sequence (their `seq`), so the resume
+// point covers them too; applying one twice changes nothing.
 "use strict";
 
 (() => {
@@ -139,7 +142,8 @@
   const baseTitle = document.title;
 
   const shown = new Map();      // message id -> its <li>: nothing is shown twice
-  let newestId = null;          // the resume point for ?since=
+  let newestId = null;          // the resume point for ?since= (messages' ids, changes' seq)
+  let editing = null;           // the <li> of the own message being edited
   let oldestId = null;          // the cursor for "load older"
   const pending = [];           // {cid, body, li, sent}: own messages not yet broadcast back
   const present = new Set();
@@ -174,7 +178,53 @@
     const bubble = el("div", "bubble");
     bubble.append(el("div", "text", m.body));
     li.append(avatar, meta, bubble);
+    if (m.id !== undefined) {
+      // Edit only on own messages; delete on own ones, and on all for moderators (CSS).
+      const actions = el("span", "actions");
+      if (own) actions.append(actionButton("Edit", "edit", () => startEdit(li)));
+      actions.append(actionButton("Delete", "delete", () => send({type: "delete", id: m.id})));
+      meta.append(actions);
+    }
+    if (m.deleted_by) markDeleted(li);
+    else if (m.edited_at) markEdited(li);
     return li;
+  }
+
+  function actionButton(text, kind, act) {
+    const button = el("button", "action " + kind, text);
+    button.type = "button";
+    // Out of the Tab order (one stop per message would bury the box); the keyboard edits
+    // with Up arrow, and deletes by saving an empty edit.
+    button.tabIndex = -1;
+    button.addEventListener("click", act);
+    return button;
+  }
+
+  function markEdited(li) {
+    if (!li.querySelector(".edited")) li.querySelector(".meta .actions").before(el("span", "edited", "(edited)"));
+  }
+
+  function markDeleted(li) {
+    if (li === editing) stopEdit();
+    li.classList.add("deleted");
+    li.querySelector(".meta .actions")?.remove();
+    li.querySelector(".edited")?.remove();
+    li.querySelector(".text").textContent = "message deleted";
+  }
+
+  // An edit or delete from the room (live or replayed); its seq moves the resume point.
+  function applyChange(c) {
+    if (newestId === null || c.seq > newestId) newestId = c.seq;
+    const li = shown.get(c.id);
+    if (!li || li.classList.contains("deleted")) return;
+    if (c.type === "delete") return markDeleted(li);
+    li.querySelector(".text").textContent = c.body;
+    markEdited(li);
+  }
+
+  function send(frame) {
+    if (ready && socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(frame));
+    else showError("Not connected. Try again in a moment.");
   }
 
   // Pending own messages stay last; everything else goes before them.
@@ -313,6 +363,10 @@
     body_too_long: `That message is too long: the limit is ${maxChars} characters.`,
     empty_body: "That message is empty.",
     store_failed: "The message could not be saved. Please send it again.",
+    not_author: "Only its author can edit a message.",
+    not_moderator: "Only its author or a moderator can delete a message.",
+    unknown_message: "That message is no longer here.",
+    message_deleted: "That message was deleted.",
   };
 
   function describe(frame) {
@@ -420,6 +474,7 @@
         for (const user of [...typists.keys()]) stoppedTyping(user);
         me = frame.user;
         setComposer(true);
+        document.body.classList.toggle("moderator", frame.moderator === true);
         present.clear();
         for (const name of frame.online) present.add(name);
         renderOnline();
@@ -435,6 +490,10 @@
         bumpRoom(frame);
         break;
       }
+      case "edit":
+      case "delete":
+        applyChange(frame);
+        break;
       case "join":
         if (!present.has(frame.user)) {
           present.add(frame.user);
@@ -463,13 +522,12 @@
 
   async function onHistory(ws, frame, since) {
     const first = shown.size === 0;
-    live(() => frame.messages.filter(addMessage).length, {own: first});
-    settleReplayed(frame.messages);
+    live(() => replayed(frame.messages), {own: first});
     if (since === null) {
       if (oldestId === null || frame.messages.some((m) => m.id === oldestId)) setOlder(frame.has_more);
     } else if (frame.has_more) {
       // More than one replay's worth was missed: page forward over REST.
-      let after = frame.messages.length ? frame.messages[frame.messages.length - 1].id : since;
+      let after = frame.messages.length ? place(frame.messages[frame.messages.length - 1]) : since;
       for (;;) {
         let page;
         try {
@@ -481,8 +539,7 @@
           return;
         }
         if (socket !== ws) return;
-        live(() => page.messages.filter(addMessage).length);
-        settleReplayed(page.messages);
+        live(() => replayed(page.messages));
         if (!page.has_more || !page.messages.length) break;
         after = page.messages[page.messages.length - 1].id;
       }
@@ -496,6 +553,20 @@
     if (first && focusable && matchMedia("(pointer: fine)").matches) {
       input.focus();
     }
+  }
+
+  const place = (item) => item.seq ?? item.id;
+
+  // Replayed messages, and (after ?since=) edits and deletions in their order; how many are new.
+  function replayed(items) {
+    const messages = items.filter((m) => m.type !== "edit" && m.type !== "delete");
+    let added = 0;
+    for (const item of items) {
+      if (item.type === "edit" || item.type === "delete") applyChange(item);
+      else if (addMessage(item)) added += 1;
+    }
+    settleReplayed(messages);
+    return added;
   }
 
   // -------------------------------------------------- sending
@@ -551,6 +622,7 @@
   // A refused frame: the error names its client_msg_id if the server says so; otherwise it is
   // the latest message sent. Its text goes back into the box so nothing typed is lost.
   function onError(frame) {
+    if (frame.id !== undefined) return showError(describe(frame));  // an edit or delete refused
     let p = frame.client_msg_id && pending.find((x) => x.cid === frame.client_msg_id);
     if (!p) p = [...pending].reverse().find((x) => x.sent);
     if (p) {
@@ -567,9 +639,43 @@
     counter.classList.toggle("over", n > maxChars);
   }
 
+  // -------------------------------------------------- editing
+  function startEdit(li) {
+    stopEdit();
+    editing = li;
+    li.classList.add("editing");
+    input.value = li.querySelector(".text").textContent;
+    $("composer-hint").textContent = "Editing · Enter to save (empty: delete) · Escape to cancel";
+    updateCounter();
+    input.focus();
+  }
+
+  function stopEdit() {
+    if (!editing) return;
+    editing.classList.remove("editing");
+    editing = null;
+    input.value = "";
+    $("composer-hint").textContent = "Enter to send · Shift+Enter for a new line";
+    updateCounter();
+  }
+
+  function lastOwn() {
+    const own = list.querySelectorAll(".message.own[data-id]:not(.deleted)");
+    return own.length ? own[own.length - 1] : null;
+  }
+
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     const text = input.value.trim();
+    if (editing) {
+      const li = editing;
+      const id = Number(li.dataset.id);
+      hideError();
+      if (!text) send({type: "delete", id});
+      else if (text !== li.querySelector(".text").textContent) send({type: "edit", id, body: text});
+      stopEdit();
+      return;
+    }
     if (!text || stopped) return;
     hideError();
     const p = {cid: newClientMsgId(), body: text, li: pendingItem(text), sent: false};
@@ -584,6 +690,12 @@
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
       form.requestSubmit();
+    } else if (event.key === "ArrowUp" && !input.value && !editing && lastOwn()) {
+      event.preventDefault();
+      startEdit(lastOwn());
+    } else if (event.key === "Escape" && editing) {
+      event.preventDefault();
+      stopEdit();
     }
   });
   input.addEventListener("input", () => {

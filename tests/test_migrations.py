@@ -27,6 +27,7 @@ def test_upgrade_from_empty_matches_models_and_downgrade_to_base(tmp_path: Path)
         "alembic_version",
         "users",
         "messages",
+        "moderators",
         "revocations",
         "webhook_events",
         "read_markers",

@@ -52,8 +52,10 @@ class MessageOut(BaseModel):
     id: int
     room: str
     user: str
-    body: str
+    body: str = Field(description="Empty when the message was deleted")
     created_at: str
+    edited_at: str | None = Field(None, description="When its author last edited it")
+    deleted_by: str | None = Field(None, description="Who deleted it (its author or a moderator)")
 
 
 class MessageIn(BaseModel):

@@ -28,6 +28,20 @@ class ClientMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientChange:
+    """An `edit` (with its new body) or a `delete` of message id."""
+
+    kind: str
+    id: int
+    body: str = ""
+    client_msg_id: None = None  # changes carry none; refusals share the message path
+
+
+CHANGE_KINDS = ("edit", "delete")
+FRAME_TYPES = ("message", *CHANGE_KINDS, "typing", "read")
+
+
+@dataclass(frozen=True, slots=True)
 class ClientTyping:
     """The sender is typing: passed on to the others in the room, never stored."""
 
@@ -39,7 +53,7 @@ class ClientRead:
     id: int
 
 
-ClientFrame = ClientMessage | ClientTyping | ClientRead
+ClientFrame = ClientMessage | ClientChange | ClientTyping | ClientRead
 
 
 class FrameError(Exception):
@@ -86,9 +100,12 @@ def _parse_object(data: dict[str, Any], *, max_chars: int) -> ClientFrame:
         return ClientTyping()
     if kind == "read":
         return _parse_read(data)
+    if kind in CHANGE_KINDS:
+        return _parse_change(data, kind, max_chars=max_chars)
     if kind != "message":
         raise FrameError(
-            "unknown_type", f"unknown frame type {kind!r}; expected 'message', 'typing' or 'read'"
+            "unknown_type",
+            f"unknown frame type {kind!r}; expected one of {', '.join(FRAME_TYPES)}",
         )
     return parse_message(data.get("body"), data.get("client_msg_id"), max_chars=max_chars)
 
@@ -123,6 +140,18 @@ def _parse_read(data: dict[str, Any]) -> ClientRead:
     return ClientRead(message_id)
 
 
+def _parse_change(data: dict[str, Any], kind: str, *, max_chars: int) -> ClientChange:
+    target = data.get("id")
+    if isinstance(target, bool) or not isinstance(target, int) or target < 1:
+        raise FrameError("invalid_id", "'id' must be the id of a message (a positive integer)")
+    if kind == "delete":
+        return ClientChange(kind, target)
+    body = data.get("body")
+    if not isinstance(body, str):
+        raise FrameError("invalid_body", "'body' must be a string")
+    return ClientChange(kind, target, _check_body(body, max_chars=max_chars))
+
+
 def _is_unicode(text: str) -> bool:
     """False for strings holding lone surrogates (JSON can spell them: "\\ud800").
 
@@ -151,6 +180,7 @@ def iso_utc(moment: datetime) -> str:
 
 
 def message_payload(message: StoredMessage) -> dict[str, Any]:
+    """A message in its current state: an edited one says when, a deleted one has no body."""
     payload: dict[str, Any] = {
         "type": "message",
         "id": message.id,
@@ -161,20 +191,51 @@ def message_payload(message: StoredMessage) -> dict[str, Any]:
     }
     if message.client_msg_id is not None:
         payload["client_msg_id"] = message.client_msg_id
+    if message.edited_at is not None:
+        payload["edited_at"] = iso_utc(message.edited_at)
+    if message.deleted_by is not None:
+        payload["body"] = ""
+        payload["deleted_by"] = message.deleted_by
     return payload
+
+
+def change_payload(change: StoredMessage) -> dict[str, Any]:
+    """The `edit` or `delete` frame of a stored change; seq is its place in the room's id
+    sequence (resume with the largest id or seq seen)."""
+    head = {"type": change.kind, "id": change.target_id, "seq": change.id, "room": change.room}
+    if change.kind == "delete":
+        return {**head, "by": change.author}
+    return {
+        **head,
+        "user": change.author,
+        "body": change.body,
+        "edited_at": iso_utc(change.created_at),
+    }
+
+
+def is_change(text: str) -> bool:
+    """Whether an encoded frame is an edit or delete (encoded by stored_frame, type first)."""
+    return text.startswith(('{"type":"edit"', '{"type":"delete"'))
 
 
 def encode(payload: Any) -> str:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
 
 
-def welcome_frame(*, user: str, room: str, online: list[str]) -> str:
-    return encode({"type": "welcome", "user": user, "room": room, "online": online})
+def welcome_frame(*, user: str, room: str, online: list[str], moderator: bool = False) -> str:
+    """moderator: the user may delete anyone's message in room (said only when true)."""
+    payload = {"type": "welcome", "user": user, "room": room, "online": online}
+    return encode({**payload, "moderator": True} if moderator else payload)
 
 
 def message_frame(message: StoredMessage) -> str:
     """The `message` frame of a stored message: encoded once, sent to every receiver."""
     return encode(message_payload(message))
+
+
+def stored_frame(row: StoredMessage) -> str:
+    """The frame of any row of a room's sequence: a message, an edit or a delete."""
+    return encode(message_payload(row) if row.kind == "message" else change_payload(row))
 
 
 def history_frame(room: str, messages: Sequence[str], has_more: bool) -> str:

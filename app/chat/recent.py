@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.chat.hub import Frame
-from app.chat.protocol import history_frame, history_space, message_bytes, message_frame
+from app.chat.protocol import (
+    history_frame,
+    history_space,
+    is_change,
+    message_bytes,
+    message_frame,
+)
 from app.chat.store import history_page
 
 MAX_ROOMS = 1024  # rooms kept; beyond it the least recently joined is dropped
@@ -83,6 +89,10 @@ class RecentHistory:
         """A message frame delivered for room: keep its replay current."""
         entry = self._rooms.get(room)
         if entry is None or frame.message_id is None:
+            return
+        if is_change(frame.text):
+            # An edit or delete changes a message the replay may hold: read it again (rare).
+            self.forget({room})
             return
         if entry.arrived is not None:
             entry.arrived.append((frame.message_id, frame.text))

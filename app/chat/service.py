@@ -24,6 +24,7 @@ from app.chat.hub import Connection, Frame, Hub
 from app.chat.ordering import create_room_lock
 from app.chat.presence import Presence
 from app.chat.protocol import (
+    ClientChange,
     ClientMessage,
     ClientRead,
     ClientTyping,
@@ -37,12 +38,21 @@ from app.chat.protocol import (
     parse_message,
     presence_frame,
     read_frame,
+    stored_frame,
     welcome_frame,
 )
 from app.chat.ratelimit import RateLimited, TokenBucket
 from app.chat.reads import UnknownMessage, mark_read
 from app.chat.recent import RecentHistory
-from app.chat.store import MessageWriter, Stored, StoreFailed, frames_after, history_page
+from app.chat.store import (
+    ChangeRefused,
+    MessageWriter,
+    Stored,
+    StoreFailed,
+    frames_after,
+    granted_moderator,
+    history_page,
+)
 from app.core.config import Settings
 from app.core.metrics import Metrics
 from app.core.revocations import Revocations
@@ -189,13 +199,13 @@ class ChatService:
             if after is None:
                 continue
             messages, more = await history_page(
-                self.sessions, room=room, limit=SINCE_REPLAY_LIMIT, after=after
+                self.sessions, room=room, limit=SINCE_REPLAY_LIMIT, after=after, changes=True
             )
             if more:
                 logger.warning(
                     "%s: more than %d missed; clients resume with since", room, len(messages)
                 )
-            self.hub.deliver(room, [Frame(message_frame(m), m.id) for m in messages])
+            self.hub.deliver(room, [Frame(stored_frame(m), m.id) for m in messages])
 
     async def _announce(self, kind: str, room: str, user: str) -> None:
         # If the broker is down, presence heals when it is back.
@@ -312,12 +322,28 @@ class ChatService:
                 space=history_space(room, self.history_bytes),
             )
             history = history_frame(room, texts, has_more)
-        welcome = welcome_frame(user=user, room=room, online=await self._online(room))
+        welcome = welcome_frame(
+            user=user,
+            room=room,
+            online=await self._online(room),
+            moderator=await self._moderates(connection.token, room),
+        )
         # One write; the history frame is the room's, framed once for every joiner.
         await send_texts(websocket, [welcome, history])
         if first:
             await self._announce("join", room, user)
         return last_id
+
+    async def _moderates(self, token: TokenClaims, room: str) -> bool:
+        """Whether the page should offer delete on everyone's messages (the writer checks
+        again when one arrives)."""
+        if token.moderates(room):
+            return True
+        try:
+            return await granted_moderator(self.sessions, token.username, room)
+        except Exception as exc:
+            logger.warning("moderators of %s unavailable: %s", room, exc)
+            return False
 
     async def post(
         self, *, room: str, user: str, body: object, client_msg_id: object = None
@@ -396,6 +422,8 @@ class ChatService:
             )
             _tell(connection, frame)
             return None
+        if isinstance(message, ClientChange):
+            return self._submit_change(connection, message)
         if isinstance(message, ClientRead):  # a write, like a message: rate-limited as one
             return self._spawn(self._read(connection, message.id))
         future = self.writer.submit(
@@ -465,6 +493,37 @@ class ChatService:
             # the room's replay cache missed it.
             self.recent.forget({connection.room})
             _tell(connection, message_frame(stored.message))
+
+    def _submit_change(
+        self, connection: Connection, change: ClientChange
+    ) -> asyncio.Future[Stored]:
+        future = self.writer.submit_change(
+            room=connection.room,
+            user=connection.user,
+            kind=change.kind,
+            target=change.id,
+            body=change.body,
+            moderator=connection.token.moderates(connection.room),
+        )
+        future.add_done_callback(lambda f: self._answer_changer(f, connection, change.id))
+        return future
+
+    def _answer_changer(
+        self, future: asyncio.Future[Stored], connection: Connection, target: int
+    ) -> None:
+        """Tell the sender of an edit or delete what the broadcast does not: a refusal, a
+        failure, or the change itself when the broker did not take it."""
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if isinstance(exc, ChangeRefused):
+            _tell(connection, error_frame(exc.code, exc.detail, id=target))
+        elif isinstance(exc, StoreFailed):
+            detail = "the change could not be stored; try again"
+            _tell(connection, error_frame("store_failed", detail, id=target))
+        elif exc is None and not future.result().published:
+            self.recent.forget({connection.room})
+            _tell(connection, stored_frame(future.result().message))
 
 
 def _count_close(metrics: Metrics, code: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Collection, Sequence
@@ -18,17 +19,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, tuple_
+from sqlalchemy import Select, func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.chat.broker import Broker
 from app.chat.hub import Frame
 from app.chat.ordering import RoomLock
-from app.chat.protocol import message_bytes, message_frame
+from app.chat.protocol import message_bytes, stored_frame
 from app.core.db import AUTOCOMMIT
 from app.core.metrics import Metrics
-from app.core.models import Message, WebhookEvent, utcnow
+from app.core.models import Message, Moderator, WebhookEvent, utcnow
 
 logger = logging.getLogger("chatroom.store")
 
@@ -47,6 +48,10 @@ class StoredMessage:
     body: str
     created_at: datetime
     client_msg_id: str | None = None
+    edited_at: datetime | None = None
+    deleted_by: str | None = None
+    kind: str = "message"  # or a change of message target_id: "edit", "delete"
+    target_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +71,15 @@ class StoreFailed(Exception):
     """The message could not be stored; it was not broadcast either."""
 
 
+class ChangeRefused(Exception):
+    """An edit or delete the sender may not make; nothing was changed."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
 @dataclass(slots=True)
 class _Pending:
     room: str
@@ -82,6 +96,17 @@ class _Pending:
         return (self.author, self.room, self.client_msg_id)
 
 
+@dataclass(slots=True)
+class _Change:
+    room: str
+    user: str
+    kind: str  # "edit" or "delete"
+    target: int
+    body: str  # the new one; "" for a delete
+    moderator: bool  # by the token's claim (a CLI grant is looked up when needed)
+    future: asyncio.Future[Stored] = field(repr=False)
+
+
 _COLUMNS = (
     Message.id,
     Message.room,
@@ -89,7 +114,17 @@ _COLUMNS = (
     Message.body,
     Message.created_at,
     Message.client_msg_id,
+    Message.edited_at,
+    Message.deleted_by,
+    Message.kind,
+    Message.target_id,
 )
+MESSAGES_ONLY = Message.kind == "message"
+
+
+def _stored(row: Any) -> StoredMessage:
+    """A row of _COLUMNS (more columns than SQLAlchemy's typed select overloads name)."""
+    return StoredMessage(*row)
 
 
 async def history_page(
@@ -99,13 +134,17 @@ async def history_page(
     limit: int,
     before: int | None = None,
     after: int | None = None,
+    changes: bool = False,
 ) -> tuple[list[StoredMessage], bool]:
     """Up to limit messages of room, oldest first, and whether more lie beyond them.
 
     With after: the first messages after that id (has_more: newer ones remain).
     Otherwise: the latest messages before `before` or now (has_more: older ones remain).
+    Messages are in their current state; changes: the edit and delete rows too.
     """
     query = select(*_COLUMNS).where(Message.room == room)
+    if not changes:
+        query = query.where(MESSAGES_ONLY)
     if before is not None:
         query = query.where(Message.id < before)
     if after is not None:
@@ -113,7 +152,7 @@ async def history_page(
     else:
         query = query.order_by(Message.id.desc())
     async with sessions() as session:
-        rows = [StoredMessage(*row) for row in await session.execute(query.limit(limit + 1))]
+        rows = [_stored(row) for row in await session.execute(query.limit(limit + 1))]
     has_more = len(rows) > limit
     rows = rows[:limit]
     if after is None:
@@ -124,9 +163,9 @@ async def history_page(
 async def frames_after(
     sessions: async_sessionmaker[AsyncSession], *, room: str, after: int, limit: int, space: int
 ) -> tuple[list[str], int, bool]:
-    """The message frames of room after that id, oldest first: at most limit of them, of at
-    most space bytes together (protocol.message_bytes); the id of the last one given (after,
-    if none); and whether more remain.
+    """The frames of room after that id (messages, edits, deletes), oldest first: at most
+    limit of them, of at most space bytes together (protocol.message_bytes); the id of the
+    last one given (after, if none); and whether more remain.
 
     Rows are read a few at a time and reading stops at the budget: a replay never holds
     more of the room than it sends.
@@ -143,7 +182,7 @@ async def frames_after(
         result = await session.stream(query)
         try:
             async for row in result:
-                text = message_frame(StoredMessage(*row))
+                text = stored_frame(_stored(row))
                 space -= message_bytes(text)
                 if len(texts) == limit or space < 0:
                     return texts, after, True
@@ -159,7 +198,7 @@ async def messages_by_id(
 ) -> dict[int, StoredMessage]:
     """The stored messages of these ids (absent: no such message)."""
     query = select(*_COLUMNS).where(Message.id.in_(sorted(ids)))
-    return {row.id: StoredMessage(*row) for row in await connection.execute(query)}
+    return {row.id: _stored(row) for row in await connection.execute(query)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +220,11 @@ async def recent_rooms(
     Message ids grow with time, so the room's largest id is its latest message; the
     (room, id) index answers the grouping without reading the messages table.
     """
-    latest = select(Message.room, func.max(Message.id).label("last_id")).group_by(Message.room)
+    latest = (
+        select(Message.room, func.max(Message.id).label("last_id"))
+        .where(MESSAGES_ONLY)
+        .group_by(Message.room)
+    )
     if only is not None:
         if not only:
             return []
@@ -218,7 +261,7 @@ class MessageWriter:
         self._broker = broker
         self._room_lock = room_lock
         self._outbox = outbox
-        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Pending | _Change | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         # Held for the writer's life: a pool checkout per batch costs more than a small insert.
@@ -252,6 +295,18 @@ class MessageWriter:
             self._queue.put_nowait(_Pending(room, author, body, client_msg_id, future))
         return future
 
+    def submit_change(
+        self, *, room: str, user: str, kind: str, target: int, body: str = "", moderator: bool
+    ) -> asyncio.Future[Stored]:
+        """Queue an edit or delete, in order with messages; the future resolves once it is
+        committed and published, or fails with ChangeRefused (nothing changed)."""
+        future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
+        if self._closing or self._task is None:
+            future.set_exception(StoreFailed("the server is shutting down"))
+        else:
+            self._queue.put_nowait(_Change(room, user, kind, target, body, moderator, future))
+        return future
+
     async def _run(self) -> None:
         while True:
             first = await self._queue.get()
@@ -261,24 +316,57 @@ class MessageWriter:
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 item = self._queue.get_nowait()
                 if item is None:
-                    await self._write(batch)
+                    await self._write_all(batch)
                     return
                 batch.append(item)
-            await self._write(batch)
+            await self._write_all(batch)
+
+    async def _write_all(self, batch: list[_Pending | _Change]) -> None:
+        """Messages in batches, each change (rare) in a transaction of its own, in order."""
+        for is_change, run in itertools.groupby(batch, key=lambda item: isinstance(item, _Change)):
+            items = list(run)
+            if not is_change:
+                await self._write([p for p in items if isinstance(p, _Pending)])
+            for change in items:
+                if isinstance(change, _Change):
+                    await self._change(change)
+
+    async def _change(self, change: _Change) -> None:
+        try:
+            connection = await self._connect()
+            async with self._room_lock.hold(connection, {change.room}):
+                # Its own transaction (check, insert, update), on another connection: the
+                # writer's runs each statement in its own. The room lock is held meanwhile.
+                async with asyncio.timeout(WRITE_TIMEOUT_SECONDS), self._engine.begin() as tx:
+                    stored = await _apply(tx, change)
+                published = await self._publish([stored])
+        except ChangeRefused as exc:
+            change.future.set_exception(exc)
+            return
+        except Exception as exc:
+            await self._disconnect(invalidate=True)
+            logger.exception("storing a %s failed", change.kind)
+            change.future.set_exception(StoreFailed(str(exc)))
+            return
+        change.future.set_result(Stored(stored, published=published))
+
+    async def _connect(self) -> AsyncConnection:
+        if self._connection is None:
+            connection = await self._engine.connect()
+            if self._outbox is None:  # every batch one statement: no BEGIN and COMMIT
+                connection = await connection.execution_options(**AUTOCOMMIT)
+            self._connection = connection
+        return self._connection
 
     async def _write(self, batch: list[_Pending]) -> None:
         try:
-            if self._connection is None:
-                connection = await self._engine.connect()
-                if self._outbox is None:  # every batch one statement: no BEGIN and COMMIT
-                    connection = await connection.execution_options(**AUTOCOMMIT)
-                self._connection = connection
-            async with self._room_lock.hold(self._connection, {p.room for p in batch}):
+            connection = await self._connect()
+            async with self._room_lock.hold(connection, {p.room for p in batch}):
                 # A writer must never hang: a batch that has not committed by then fails
                 # (store_failed), and the connection is replaced.
                 started = time.perf_counter()
                 async with asyncio.timeout(WRITE_TIMEOUT_SECONDS):
-                    results = await _insert(self._connection, batch, self._outbox is not None)
+                    results = await _insert(connection, batch, self._outbox is not None)
                 self._record(batch, results, time.perf_counter() - started)
                 if self._outbox is not None:
                     self._outbox.set()
@@ -310,7 +398,7 @@ class MessageWriter:
     async def _publish(self, messages: list[StoredMessage]) -> bool:
         try:
             await self._broker.publish_many(
-                [(m.room, Frame(message_frame(m), m.id)) for m in messages]
+                [(m.room, Frame(stored_frame(m), m.id)) for m in messages]
             )
         except Exception:
             # Stored but not fanned out (the broker is down): workers re-read what they
@@ -408,6 +496,83 @@ async def _insert_rows(
 ResendKey = tuple[str, str, str]  # (author, room, client_msg_id)
 
 
+async def _apply(connection: AsyncConnection, change: _Change) -> StoredMessage:
+    """Check and store one edit or delete: the new state of its target, and its own row.
+
+    The UPDATE comes first and carries the checks: a transaction that begins by writing
+    takes SQLite's write lock at once (one that read first could find it taken since).
+    """
+    now = utcnow()
+    state: dict[str, object] = {"body": change.body}  # a deleted message's body goes too
+    if change.kind == "edit":
+        state["edited_at"] = now
+    else:
+        state["deleted_by"] = change.user
+    target = (
+        update(Message)
+        .values(state)
+        .where(
+            Message.id == change.target,
+            Message.room == change.room,  # another room's message is as good as unknown
+            MESSAGES_ONLY,
+            Message.deleted_by.is_(None),
+        )
+    )
+    own = target.where(Message.author == change.user)
+    changed = (await connection.execute(own if not change.moderator else target)).rowcount
+    # A delete of someone else's message: a grant by the CLI (read now: the CLI may have
+    # made it a moment ago, in another process).
+    if not changed and change.kind == "delete" and not change.moderator:
+        if await _granted(connection, change.user, change.room):
+            changed = (await connection.execute(target)).rowcount
+    if not changed:
+        raise await _refusal(connection, change)
+    row = {"room": change.room, "author": change.user, "body": change.body, "created_at": now}
+    statement = insert(Message).returning(Message.id)
+    id_ = (
+        await connection.execute(
+            statement, {**row, "kind": change.kind, "target_id": change.target}
+        )
+    ).scalar_one()
+    return StoredMessage(
+        id_, change.room, change.user, change.body, now, kind=change.kind, target_id=change.target
+    )
+
+
+async def _refusal(connection: AsyncConnection, change: _Change) -> ChangeRefused:
+    """Why change changed nothing."""
+    query = select(Message.room, Message.deleted_by).where(
+        Message.id == change.target, MESSAGES_ONLY
+    )
+    target = (await connection.execute(query)).first()
+    if target is None or target.room != change.room:
+        return ChangeRefused("unknown_message", f"no message {change.target} in this room")
+    if target.deleted_by is not None:
+        return ChangeRefused("message_deleted", f"message {change.target} was deleted")
+    if change.kind == "edit":
+        return ChangeRefused("not_author", "only its author may edit a message")
+    return ChangeRefused(
+        "not_moderator", "only its author or a moderator of the room may delete it"
+    )
+
+
+def _grant(user: str, room: str) -> Select[str]:
+    return select(Moderator.username).where(Moderator.username == user, Moderator.room == room)
+
+
+async def _granted(connection: AsyncConnection, user: str, room: str) -> bool:
+    """Whether the CLI made user a moderator of room (asked in the change's transaction)."""
+    return (await connection.execute(_grant(user, room))).first() is not None
+
+
+async def granted_moderator(
+    sessions: async_sessionmaker[AsyncSession], user: str, room: str
+) -> bool:
+    """Whether the CLI made user a moderator of room."""
+    async with sessions() as session:
+        return (await session.execute(_grant(user, room))).first() is not None
+
+
 async def _stored_resends(
     connection: AsyncConnection, batch: list[_Pending]
 ) -> dict[ResendKey, StoredMessage]:
@@ -418,5 +583,5 @@ async def _stored_resends(
     query = select(*_COLUMNS).where(
         tuple_(Message.author, Message.room, Message.client_msg_id).in_(sorted(keys))
     )
-    rows = (StoredMessage(*row) for row in await connection.execute(query))
+    rows = (_stored(row) for row in await connection.execute(query))
     return {(m.author, m.room, m.client_msg_id or ""): m for m in rows}

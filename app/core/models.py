@@ -1,4 +1,5 @@
-"""SQLAlchemy tables: users, the messages of every room, revoked tokens, read markers."""
+"""SQLAlchemy tables: users, the messages of every room, moderators, revoked tokens, read
+markers."""
 
 from __future__ import annotations
 
@@ -89,10 +90,30 @@ class Message(Base):
     body: Mapped[str] = mapped_column(Text)
     client_msg_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Edits and deletions are rows too ('edit', 'delete': by author, of target_id, body the
+    # new one), in the room's one id sequence, so `?since=` replays them in order. The
+    # target row keeps the current state: edited_at, and deleted_by with its body emptied.
+    kind: Mapped[str] = mapped_column(String(8), default="message", server_default="message")
+    target_id: Mapped[int | None] = mapped_column(Integer)
+    edited_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    deleted_by: Mapped[str | None] = mapped_column(String(32))
     # Lets one INSERT of a whole batch hand back its ids in the batch's order (SQLAlchemy's
     # insert sentinel): SQLite does not promise RETURNING's order, and without it
     # SQLAlchemy inserts a batch one row at a time.
     _sentinel: Mapped[int | None] = orm_insert_sentinel()
+
+
+class Moderator(Base):
+    """Grants by `chatroom moderator NAME --room ID`: NAME may delete anyone's message there.
+
+    Read by the server when a delete by a non-author arrives, so a grant made by the CLI in
+    another process holds at once.
+    """
+
+    __tablename__ = "moderators"
+
+    username: Mapped[str] = mapped_column(String(32), primary_key=True)
+    room: Mapped[str] = mapped_column(String(64), primary_key=True)
 
 
 class Revocation(Base):

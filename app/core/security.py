@@ -75,8 +75,11 @@ class TokenClaims:
     expires_at: float
     token_id: str | None = None  # jti: what signing out revokes
     display_name: str | None = None  # name: checked, not shown yet (docs/protocol.md)
-    # moderator: item ids, or MODERATE_EVERYWHERE; reserved for moderation, which is to come.
-    moderates: frozenset[str] = frozenset()
+    # The `moderator` claim: rooms whose messages this user may delete; "*" is every room.
+    moderator: frozenset[str] = frozenset()
+
+    def moderates(self, room: str) -> bool:
+        return room in self.moderator or MODERATE_EVERYWHERE in self.moderator
 
     def issued_before(self, moment: datetime | None) -> bool:
         """True when the token predates moment (a password change): it is revoked."""
@@ -182,7 +185,7 @@ def decode_access_token(
         expires_at=expires_at,
         token_id=token_id,
         display_name=name,
-        moderates=_moderates(claims),
+        moderator=_moderator_claim(claims),
     )
 
 
@@ -205,7 +208,7 @@ def _item_ids(claims: dict[str, Any], name: str) -> frozenset[str] | None:
     return frozenset(value)
 
 
-def _moderates(claims: dict[str, Any]) -> frozenset[str]:
+def _moderator_claim(claims: dict[str, Any]) -> frozenset[str]:
     """The moderator claim: item ids, or "*" for every room; empty when absent."""
     if claims.get("moderator") == MODERATE_EVERYWHERE:
         return frozenset([MODERATE_EVERYWHERE])

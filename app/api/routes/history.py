@@ -29,6 +29,8 @@ router = APIRouter()
     "/items/{item_id}/messages",
     tags=["history"],
     responses={**NOT_AUTHENTICATED, 403: error("The token's `rooms` do not include this room")},
+    # A message has edited_at or deleted_by only once edited or deleted, as on the socket.
+    response_model_exclude_none=True,
 )
 async def room_history(
     item_id: RoomId,
