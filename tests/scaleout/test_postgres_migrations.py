@@ -50,18 +50,24 @@ def at_head(url: str) -> bool:
     return asyncio.run(run())
 
 
+# Every table the revisions make, named here so that one missing from both the models and the
+# migrations is noticed too.
+TABLES = {
+    "alembic_version",
+    "users",
+    "messages",
+    "moderators",
+    "revocations",
+    "webhook_events",
+    "read_markers",
+}
+
+
 def test_upgrade_downgrade_upgrade_matches_models(postgres_url: str) -> None:
     assert not at_head(postgres_url), "an empty database passed for migrated"
     upgrade(postgres_url)
     tables, diff = schema(postgres_url)
-    assert tables == {
-        "alembic_version",
-        "users",
-        "messages",
-        "revocations",
-        "webhook_events",
-        "read_markers",
-    }
+    assert tables == TABLES
     assert diff == [], f"models and migrations disagree on PostgreSQL: {diff}"
     assert at_head(postgres_url)
 
@@ -72,13 +78,6 @@ def test_upgrade_downgrade_upgrade_matches_models(postgres_url: str) -> None:
 
     upgrade(postgres_url)  # and up again, as a redeploy after a rollback would
     tables, diff = schema(postgres_url)
-    assert tables == {
-        "alembic_version",
-        "users",
-        "messages",
-        "revocations",
-        "webhook_events",
-        "read_markers",
-    }
+    assert tables == TABLES
     assert diff == [], f"models and migrations disagree after a downgrade: {diff}"
     assert at_head(postgres_url)
