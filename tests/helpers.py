@@ -29,6 +29,17 @@ from app.server import uvicorn_options
 SECRET = "test-secret-key-that-is-long-enough-for-hs256"
 PASSWORD = "correct horse battery"
 RECV_TIMEOUT = 5.0
+# Every table the revisions make, named so that one missing from both the models and the
+# migrations is noticed too (tests/test_migrations.py, tests/scaleout/).
+MIGRATED_TABLES = {
+    "alembic_version",
+    "users",
+    "messages",
+    "moderators",
+    "revocations",
+    "webhook_events",
+    "read_markers",
+}
 
 
 def free_port() -> int:

@@ -11,6 +11,7 @@ from sqlalchemy import create_engine
 
 from app.core.migrate import downgrade, upgrade
 from app.core.models import Base
+from tests.helpers import MIGRATED_TABLES
 
 
 def tables(path: Path) -> set[str]:
@@ -23,15 +24,7 @@ def test_upgrade_from_empty_matches_models_and_downgrade_to_base(tmp_path: Path)
     path = tmp_path / "m.db"
     url = f"sqlite+aiosqlite:///{path}"
     upgrade(url)
-    assert tables(path) == {
-        "alembic_version",
-        "users",
-        "messages",
-        "moderators",
-        "revocations",
-        "webhook_events",
-        "read_markers",
-    }
+    assert tables(path) == MIGRATED_TABLES
     engine = create_engine(f"sqlite:///{path}")
     with engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)

@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 from app.core.db import create_engine
 from app.core.migrate import NotMigrated, downgrade, ensure_at_head, upgrade
 from app.core.models import Base
+from tests.helpers import MIGRATED_TABLES
 
 pytestmark = pytest.mark.postgres
 
@@ -50,24 +51,11 @@ def at_head(url: str) -> bool:
     return asyncio.run(run())
 
 
-# Every table the revisions make, named here so that one missing from both the models and the
-# migrations is noticed too.
-TABLES = {
-    "alembic_version",
-    "users",
-    "messages",
-    "moderators",
-    "revocations",
-    "webhook_events",
-    "read_markers",
-}
-
-
 def test_upgrade_downgrade_upgrade_matches_models(postgres_url: str) -> None:
     assert not at_head(postgres_url), "an empty database passed for migrated"
     upgrade(postgres_url)
     tables, diff = schema(postgres_url)
-    assert tables == TABLES
+    assert tables == MIGRATED_TABLES
     assert diff == [], f"models and migrations disagree on PostgreSQL: {diff}"
     assert at_head(postgres_url)
 
@@ -78,6 +66,6 @@ def test_upgrade_downgrade_upgrade_matches_models(postgres_url: str) -> None:
 
     upgrade(postgres_url)  # and up again, as a redeploy after a rollback would
     tables, diff = schema(postgres_url)
-    assert tables == TABLES
+    assert tables == MIGRATED_TABLES
     assert diff == [], f"models and migrations disagree after a downgrade: {diff}"
     assert at_head(postgres_url)
