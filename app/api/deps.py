@@ -84,14 +84,18 @@ class Identity:
     The name, not the account row: a socket keeps its Identity for its whole life.
     """
 
-    __slots__ = ("username", "claims")
+    __slots__ = ("username", "claims", "granted")
 
-    def __init__(self, username: str, claims: TokenClaims) -> None:
+    def __init__(self, username: str, claims: TokenClaims, granted: frozenset[str]) -> None:
         self.username = username
         self.claims = claims
+        self.granted = granted  # rooms the CLI made them a moderator of (see UserCache)
 
     def may_enter(self, room: str) -> bool:
         return self.claims.rooms is None or room in self.claims.rooms
+
+    def moderates(self, room: str) -> bool:
+        return self.claims.moderates(room) or room in self.granted
 
 
 async def _identify(services: Services, token: str | None) -> Identity | None:
@@ -104,10 +108,10 @@ async def _identify(services: Services, token: str | None) -> Identity | None:
     if services.revocations.refusal(claims) is not None:
         return None
     # A valid token for a user chatroom has not seen is a host's: the account is made now.
-    user = await services.users.get_or_create(claims.username)
-    if claims.issued_before(user.tokens_valid_after):  # deleted accounts included
+    account = await services.users.get_or_create(claims.username)
+    if claims.issued_before(account.tokens_valid_after):  # deleted accounts included
         return None
-    return Identity(user.username, claims)
+    return Identity(account.username, claims, account.moderates)
 
 
 async def current_identity(

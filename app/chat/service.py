@@ -50,7 +50,6 @@ from app.chat.store import (
     Stored,
     StoreFailed,
     frames_after,
-    granted_moderator,
     history_page,
 )
 from app.core.config import Settings
@@ -243,9 +242,11 @@ class ChatService:
         room: str,
         since: int | None,
         token: TokenClaims,
+        moderator: bool = False,
     ) -> None:
         """Run an accepted socket until either side ends it, or its token expires or is
-        revoked."""
+        revoked. moderator: the welcome offers delete on everyone's messages (the writer
+        decides when one arrives)."""
         limit = self.settings.max_connections_per_user
         if self._stopped:
             await websocket.close(WS_1001_GOING_AWAY, "server shutting down")
@@ -271,7 +272,9 @@ class ChatService:
         first_here = self.hub.add(connection)
         peer_code = 1006  # how it ended when chatroom did not close it; 1006: it failed under us
         try:
-            skip_through = await self._join(websocket, connection, since, announce=first_here)
+            skip_through = await self._join(
+                websocket, connection, since, announce=first_here, moderator=moderator
+            )
             # Receive until the peer leaves; meanwhile the hub sends. An abort by the hub
             # (overflow, revocation, expiry, shutdown) ends the receiving through this
             # timeout, which has no deadline until then.
@@ -305,7 +308,13 @@ class ChatService:
                 self._all_done.set()
 
     async def _join(
-        self, websocket: WebSocket, connection: Connection, since: int | None, *, announce: bool
+        self,
+        websocket: WebSocket,
+        connection: Connection,
+        since: int | None,
+        *,
+        announce: bool,
+        moderator: bool,
     ) -> int:
         """Welcome, history and the join notice; answers the last id the replay held."""
         room, user = connection.room, connection.user
@@ -326,24 +335,13 @@ class ChatService:
             user=user,
             room=room,
             online=await self._online(room),
-            moderator=await self._moderates(connection.token, room),
+            moderator=moderator,
         )
         # One write; the history frame is the room's, framed once for every joiner.
         await send_texts(websocket, [welcome, history])
         if first:
             await self._announce("join", room, user)
         return last_id
-
-    async def _moderates(self, token: TokenClaims, room: str) -> bool:
-        """Whether the page should offer delete on everyone's messages (the writer checks
-        again when one arrives)."""
-        if token.moderates(room):
-            return True
-        try:
-            return await granted_moderator(self.sessions, token.username, room)
-        except Exception as exc:
-            logger.warning("moderators of %s unavailable: %s", room, exc)
-            return False
 
     async def post(
         self, *, room: str, user: str, body: object, client_msg_id: object = None

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, insert, select, tuple_, update
+from sqlalchemy import func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -556,21 +556,10 @@ async def _refusal(connection: AsyncConnection, change: _Change) -> ChangeRefuse
     )
 
 
-def _grant(user: str, room: str) -> Select[str]:
-    return select(Moderator.username).where(Moderator.username == user, Moderator.room == room)
-
-
 async def _granted(connection: AsyncConnection, user: str, room: str) -> bool:
     """Whether the CLI made user a moderator of room (asked in the change's transaction)."""
-    return (await connection.execute(_grant(user, room))).first() is not None
-
-
-async def granted_moderator(
-    sessions: async_sessionmaker[AsyncSession], user: str, room: str
-) -> bool:
-    """Whether the CLI made user a moderator of room."""
-    async with sessions() as session:
-        return (await session.execute(_grant(user, room))).first() is not None
+    grant = select(Moderator.username).where(Moderator.username == user, Moderator.room == room)
+    return (await connection.execute(grant)).first() is not None
 
 
 async def _stored_resends(

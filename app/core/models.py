@@ -107,7 +107,8 @@ class Moderator(Base):
     """Grants by `chatroom moderator NAME --room ID`: NAME may delete anyone's message there.
 
     Read by the server when a delete by a non-author arrives, so a grant made by the CLI in
-    another process holds at once.
+    another process holds at once; the welcome frame's `moderator` flag, read with the
+    account (app/core/users.py), may lag a grant by a few seconds.
     """
 
     __tablename__ = "moderators"

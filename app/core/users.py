@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
@@ -11,7 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.core.models import User, utcnow
+from app.core.models import Moderator, User, utcnow
 from app.core.revocations import ACCOUNT_DELETED, PASSWORD_CHANGED, record
 from app.core.security import hash_password, verify_password
 from app.core.throttle import HashGate, LoginThrottle
@@ -21,20 +22,30 @@ USER_CACHE_SECONDS = 5.0  # how stale a handshake's view of an account may be
 DELETED = datetime.max.replace(tzinfo=UTC)
 
 
+@dataclass(frozen=True, slots=True)
+class Account:
+    """What a handshake needs to know of a user."""
+
+    username: str
+    tokens_valid_after: datetime | None  # tokens issued before it are refused
+    moderates: frozenset[str]  # rooms where `chatroom moderator` made them a moderator
+
+
 class UserCache:
     """Recently looked-up accounts, so a crowd of handshakes is not a crowd of queries.
 
     Entries live USER_CACHE_SECONDS. A revocation does not wait for them: the handshake
-    checks app/core/revocations.py's in-memory list first.
+    checks app/core/revocations.py's in-memory list first. A moderator grant may: the
+    writer asks the moderators table again when a delete arrives.
     """
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
-        self._users: dict[str, tuple[float, User | None]] = {}
+        self._users: dict[str, tuple[float, Account | None]] = {}
         # One query per user at a time: a crowd of handshakes that all miss waits for it.
-        self._loading: dict[str, asyncio.Task[User | None]] = {}
+        self._loading: dict[str, asyncio.Task[Account | None]] = {}
 
-    async def get(self, username: str) -> User | None:
+    async def get(self, username: str) -> Account | None:
         hit = self._users.get(username)
         if hit is not None and time.monotonic() - hit[0] < USER_CACHE_SECONDS:
             return hit[1]
@@ -44,31 +55,40 @@ class UserCache:
             self._loading[username] = loading
         return await asyncio.shield(loading)
 
-    async def get_or_create(self, username: str) -> User:
+    async def get_or_create(self, username: str) -> Account:
         """The account, created on first use (a user a host's token names) when absent."""
-        user = await self.get(username)
-        if user is not None:
-            return user
+        account = await self.get(username)
+        if account is not None:
+            return account
         started = time.monotonic()
         async with self._sessions() as session:
             user = await create_if_absent(session, username=username)
-        self._remember(username, started, user)
-        return user
+            account = await _account(session, user)
+        self._remember(username, started, account)
+        return account
 
-    async def _load(self, username: str) -> User | None:
+    async def _load(self, username: str) -> Account | None:
         started = time.monotonic()
         try:
             async with self._sessions() as session:
                 user = await get_user(session, username=username)
+                account = None if user is None else await _account(session, user)
         finally:
             del self._loading[username]
-        self._remember(username, started, user)
-        return user
+        self._remember(username, started, account)
+        return account
 
-    def _remember(self, username: str, started: float, user: User | None) -> None:
+    def _remember(self, username: str, started: float, account: Account | None) -> None:
         if len(self._users) >= 10_000:
             self._users.clear()  # bounded; a miss only costs one query
-        self._users[username] = (started, user)
+        self._users[username] = (started, account)
+
+
+async def _account(session: AsyncSession, user: User) -> Account:
+    grants = await session.scalars(
+        select(Moderator.room).where(Moderator.username == user.username)
+    )
+    return Account(user.username, user.tokens_valid_after, frozenset(grants))
 
 
 class UsernameTaken(Exception):

@@ -37,6 +37,7 @@ async def room_socket(
         room=item_id,
         since=since,
         token=identity.claims,
+        moderator=identity.moderates(item_id),
     )
 
 
