@@ -5,14 +5,14 @@ socket of its room. Through ASGI, each receiver's `send` encodes the text to UTF
 frames it again in websockets' Python code: most of what a delivery costs the server.
 
 So chatroom runs uvicorn with `PreparedFrameProtocol`, its default WebSocket protocol
-(websockets-sansio) plus one ASGI extension, PREPARED_FRAMES: a function that writes an
-already framed message straight to the socket's transport, after the checks the protocol's
-own `send` makes, and answers False where that `send` would wait or fail (a full write
-buffer, a closing or closed socket). The caller then falls back to the ASGI `send`, which
-waits, queues or fails exactly as before. Under any other server or protocol the extension
-is absent and every frame goes through ASGI. The extension also tells how many written
-bytes the peer has not taken yet, and the protocol drops a closing connection whose peer
-does not read (`PreparedFrameProtocol._abort_if_stuck`).
+(websockets-sansio) plus one ASGI extension, PREPARED_FRAMES: an object whose
+write_prepared() writes an already framed message straight to the socket's transport, after
+the checks the protocol's own `send` makes, and answers False where that `send` would wait
+or fail (a full write buffer, a closing or closed socket). The caller then falls back to the
+ASGI `send`, which waits, queues or fails exactly as before. Under any other server or
+protocol the extension is absent and every frame goes through ASGI. The extension also tells
+how many written bytes the peer has not taken yet (unsent_bytes()), and the protocol drops a
+closing connection whose peer does not read (`PreparedFrameProtocol._abort_if_stuck`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Protocol
 
 from starlette.types import Scope
 from starlette.websockets import WebSocket
@@ -39,6 +39,15 @@ PREPARED_CACHE_FRAMES = 64
 PREPARED_CACHE_MAX_CHARS = 64 * 1024
 
 WritePrepared = Callable[[Sequence[bytes]], bool]
+
+
+class PreparedFrames(Protocol):
+    """What the PREPARED_FRAMES extension offers (the protocol object itself: one reference
+    per socket, not a dict of bound methods kept for the socket's life)."""
+
+    def write_prepared(self, frames: Sequence[bytes], /) -> bool: ...
+
+    def unsent_bytes(self) -> int: ...
 
 
 async def send_texts(websocket: WebSocket, texts: Sequence[str]) -> None:
@@ -66,7 +75,7 @@ def unsent_bytes(websocket: WebSocket) -> int:
     """Bytes written to the socket that its peer has not taken yet (0 under another server):
     what a socket that does not read makes the server hold."""
     extension = _extension(websocket.scope)
-    return 0 if extension is None else int(extension["unsent"]())
+    return 0 if extension is None else extension.unsent_bytes()
 
 
 def prepared_frame(text: str) -> bytes:
@@ -89,12 +98,12 @@ _cached_frame = functools.lru_cache(maxsize=PREPARED_CACHE_FRAMES)(_frame)
 def prepared_writer(scope: Scope) -> WritePrepared | None:
     """The socket's writer of prepared frames, when its server offers one."""
     extension = _extension(scope)
-    return None if extension is None else extension["write"]
+    return None if extension is None else extension.write_prepared
 
 
-def _extension(scope: Scope) -> dict[str, Any] | None:
+def _extension(scope: Scope) -> PreparedFrames | None:
     # ASGI allows a server to set "extensions" to None as well as to leave it out.
-    extension: dict[str, Any] | None = (scope.get("extensions") or {}).get(PREPARED_FRAMES)
+    extension: PreparedFrames | None = (scope.get("extensions") or {}).get(PREPARED_FRAMES)
     return extension
 
 
@@ -115,10 +124,8 @@ class PreparedFrameProtocol(WebSocketsSansIOProtocol):
             # Only for a handshake the app will see, and only where frames are sent as they
             # are: an extension such as permessage-deflate would rewrite each one per socket.
             if self.response.status_code == 101 and not self.conn.extensions:
-                self.scope["extensions"][PREPARED_FRAMES] = {
-                    "write": self.write_prepared,
-                    "unsent": self.transport.get_write_buffer_size,
-                }
+                # asgiref types every extension's value as a dict; ASGI itself does not.
+                self.scope["extensions"][PREPARED_FRAMES] = self  # type: ignore[assignment]
         except AttributeError:
             logger.warning("uvicorn's protocol changed: prepared frames are not offered")
 
@@ -144,6 +151,9 @@ class PreparedFrameProtocol(WebSocketsSansIOProtocol):
     def _abort_unless_gone(self) -> None:
         if not self.disconnected:
             self.transport.abort()
+
+    def unsent_bytes(self) -> int:
+        return int(self.transport.get_write_buffer_size())
 
     def write_prepared(self, frames: Sequence[bytes]) -> bool:
         """Write frames now, as send() would; False where send() would wait or refuse.

@@ -32,7 +32,7 @@ HOOK = Path(__file__).resolve().parent / "tracemalloc_hook"
 async def measure(
     server: servers.Server, kind: str, count: int, concurrency: int, snap: str
 ) -> dict[str, float]:
-    users = sorted(server.tokens) or [f"u{i}" for i in range(WARM)]
+    users = sorted(server.tokens) or [f"user{i}" for i in range(WARM)]
     sockets = []
 
     async def open_one(index: int) -> None:
@@ -103,7 +103,7 @@ def main() -> None:
         if snap
         else {}
     )
-    users = [f"u{i}" for i in range(WARM)] if args.server == "chatroom" else []
+    users = [f"user{i}" for i in range(WARM)] if args.server == "chatroom" else []
     server = start(ServerSpec(args.server), users, extra_env=extra)
     try:
         result = asyncio.run(measure(server, args.server, args.connections, args.concurrency, snap))

@@ -33,8 +33,7 @@ class FakeSocket:
         self.refuses = False
         self.unsent = 0  # bytes written that the peer has not taken
         self.resumed = asyncio.Event()
-        extension = {"write": self.write_prepared, "unsent": lambda: self.unsent}
-        extensions = {PREPARED_FRAMES: extension} if prepared else {}
+        extensions = {PREPARED_FRAMES: self} if prepared else {}
         self.scope: dict[str, Any] = {"type": "websocket", "extensions": extensions}
 
     async def send_text(self, text: str) -> None:
@@ -47,6 +46,9 @@ class FakeSocket:
             return False
         self.written.append(frames[0] if len(frames) == 1 else b"".join(frames))
         return True
+
+    def unsent_bytes(self) -> int:
+        return self.unsent
 
     def resume(self) -> None:
         self.paused = False

@@ -67,6 +67,10 @@ def verify_password(password: str, password_hash: str | None) -> bool:
 _USERNAME = re.compile(USERNAME_PATTERN)
 
 
+# Every frozenset() is a new 216-byte object, and each socket keeps its token's claims.
+NO_ROOMS: frozenset[str] = frozenset()
+
+
 @dataclass(frozen=True, slots=True)
 class TokenClaims:
     username: str
@@ -76,7 +80,7 @@ class TokenClaims:
     token_id: str | None = None  # jti: what signing out revokes
     display_name: str | None = None  # name: checked, not shown yet (docs/protocol.md)
     # The `moderator` claim: rooms whose messages this user may delete; "*" is every room.
-    moderator: frozenset[str] = frozenset()
+    moderator: frozenset[str] = NO_ROOMS
 
     def moderates(self, room: str) -> bool:
         return room in self.moderator or MODERATE_EVERYWHERE in self.moderator
@@ -212,7 +216,7 @@ def _moderator_claim(claims: dict[str, Any]) -> frozenset[str]:
     """The moderator claim: item ids, or "*" for every room; empty when absent."""
     if claims.get("moderator") == MODERATE_EVERYWHERE:
         return frozenset([MODERATE_EVERYWHERE])
-    return _item_ids(claims, "moderator") or frozenset()
+    return _item_ids(claims, "moderator") or NO_ROOMS
 
 
 def _numeric_date(claims: dict[str, Any], name: str) -> float | None:
