@@ -217,11 +217,12 @@ class Receiver:
         return [json.loads(b) for b, _, status in requests if status == 200 or not accepted_only]
 
     def accepted_messages(self, room: str) -> list[int]:
-        """The room's message ids the host accepted, first arrivals only, in arrival order."""
+        """The ids of the room's rows (messages, edits, deletes: an edit's or delete's is its
+        seq) the host accepted, first arrivals only, in arrival order."""
         seen: dict[int, int] = {}
         for event in self.events(accepted_only=True):
             if event["room"] == room:
-                seen.setdefault(event["id"], event["message"]["id"])
+                seen.setdefault(event["id"], event["message"].get("seq", event["message"]["id"]))
         return list(seen.values())
 
 
@@ -233,7 +234,8 @@ def assert_sent_in_room_order(receiver: Receiver, rooms: list[str]) -> None:
         expected = hmac.new(HOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
         assert signature == f"sha256={expected}"
         event = json.loads(body)
-        assert event["type"] == "message.created"
+        kind = {"message.created": "message", "message.updated": "edit"}
+        assert event["message"]["type"] == kind.get(event["type"], "delete"), event
         assert event["room"] == event["message"]["room"]
         earlier = [e for e in sent_ids[event["room"]] if e < event["id"]]
         assert set(earlier) <= accepted, f"event {event['id']} sent before {earlier}"

@@ -24,8 +24,10 @@ from tests.helpers import (
     Receiver,
     assert_sent_in_room_order,
     free_port,
+    join,
     register,
 )
+from tests.test_edits import change, said
 
 WAIT_SECONDS = 30.0
 
@@ -223,3 +225,41 @@ async def test_a_resend_is_one_event(
     finally:
         server.stop()
     assert [e["message"]["body"] for e in receiver.events()] == ["once", "after"]
+
+
+async def test_edits_and_deletes_reach_the_host_in_order_behind_a_refused_edit(
+    hook_settings: Settings, database_url: str, receiver: Receiver
+) -> None:
+    refusals = [500, 500]  # the edit's first two attempts fail; what follows waits for it
+    receiver.answer = lambda e: (
+        refusals.pop() if e["type"] == "message.updated" and refusals else 200
+    )
+    receiver.start()
+    server = LiveServer(hook_settings).start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            token = await register(http, "alice")
+        alice = await join(server, "r1", token)
+        draft = await said(alice, "draft")
+        await change(alice, "edit", draft, body="final")
+        await alice.recv_type("edit")
+        second = await said(alice, "second")
+        await change(alice, "delete", second)
+        await alice.recv_type("delete")
+        await wait_for(
+            lambda: receiver.accepted_messages("r1") == stored_ids(database_url, "r1"),
+            "every message, edit and delete at the host",
+        )
+    finally:
+        server.stop()
+    accepted = receiver.events(accepted_only=True)
+    assert [(e["type"], e["message"]["id"]) for e in accepted] == [
+        ("message.created", draft),
+        ("message.updated", draft),
+        ("message.created", second),
+        ("message.deleted", second),
+    ]
+    assert accepted[1]["message"]["body"] == "final"
+    assert accepted[3]["message"]["by"] == "alice"
+    assert sum(e["type"] == "message.updated" for e in receiver.events()) == 3  # 2 refused
+    assert_sent_in_room_order(receiver, ["r1"])

@@ -235,7 +235,11 @@ def message_frame(message: StoredMessage) -> str:
 
 def stored_frame(row: StoredMessage) -> str:
     """The frame of any row of a room's sequence: a message, an edit or a delete."""
-    return encode(message_payload(row) if row.kind == "message" else change_payload(row))
+    return encode(stored_payload(row))
+
+
+def stored_payload(row: StoredMessage) -> dict[str, Any]:
+    return message_payload(row) if row.kind == "message" else change_payload(row)
 
 
 def history_frame(room: str, messages: Sequence[str], has_more: bool) -> str:

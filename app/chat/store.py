@@ -244,7 +244,8 @@ class MessageWriter:
     """The single writer of messages in this process.
 
     With an outbox (webhooks on), each batch also queues a webhook event per new message in
-    the same transaction, and sets the outbox event for the delivery task once committed.
+    the same transaction (each edit and delete too, in its own), and sets the outbox event
+    for the delivery task once committed.
     """
 
     def __init__(
@@ -338,7 +339,9 @@ class MessageWriter:
                 # Its own transaction (check, insert, update), on another connection: the
                 # writer's runs each statement in its own. The room lock is held meanwhile.
                 async with asyncio.timeout(WRITE_TIMEOUT_SECONDS), self._engine.begin() as tx:
-                    stored = await _apply(tx, change)
+                    stored = await _apply(tx, change, self._outbox is not None)
+                if self._outbox is not None:
+                    self._outbox.set()
                 published = await self._publish([stored])
         except ChangeRefused as exc:
             change.future.set_exception(exc)
@@ -496,8 +499,9 @@ async def _insert_rows(
 ResendKey = tuple[str, str, str]  # (author, room, client_msg_id)
 
 
-async def _apply(connection: AsyncConnection, change: _Change) -> StoredMessage:
-    """Check and store one edit or delete: the new state of its target, and its own row.
+async def _apply(connection: AsyncConnection, change: _Change, outbox: bool) -> StoredMessage:
+    """Check and store one edit or delete: the new state of its target, its own row and,
+    with the outbox (webhooks on), its webhook event.
 
     The UPDATE comes first and carries the checks: a transaction that begins by writing
     takes SQLite's write lock at once (one that read first could find it taken since).
@@ -534,6 +538,8 @@ async def _apply(connection: AsyncConnection, change: _Change) -> StoredMessage:
             statement, {**row, "kind": change.kind, "target_id": change.target}
         )
     ).scalar_one()
+    if outbox:
+        await connection.execute(insert(WebhookEvent).values(room=change.room, message_id=id_))
     return StoredMessage(
         id_, change.room, change.user, change.body, now, kind=change.kind, target_id=change.target
     )

@@ -1,7 +1,9 @@
-"""Webhooks: every stored message POSTed to the host, durably, in room order, at least once.
+"""Webhooks: every stored message, edit and delete POSTed to the host, durably, in room
+order, at least once.
 
 The outbox is the webhook_events table, which the message writer fills in the transaction
-that stores the messages (store.py): an event exists exactly when its message does. One
+that stores the messages, or the edit or delete (store.py): an event exists exactly when its
+row of the room's sequence does. One
 task per worker empties it, never in the writer's or a request's path:
 
 - Only a room's head (its first pending event) is sent; the room's next event waits until
@@ -32,7 +34,7 @@ import httpx
 from sqlalchemy import ColumnElement, Select, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.chat.protocol import encode, message_payload
+from app.chat.protocol import encode, stored_payload
 from app.chat.store import messages_by_id
 from app.core.config import Settings
 from app.core.metrics import Metrics
@@ -40,7 +42,8 @@ from app.core.models import Message, WebhookEvent, utcnow
 
 logger = logging.getLogger("chatroom.webhooks")
 
-EVENT_TYPE = "message.created"
+# An event's type, by the kind of the row of the room's sequence it announces.
+EVENT_TYPES = {"message": "message.created", "edit": "message.updated", "delete": "message.deleted"}
 SIGNATURE_HEADER = "X-Chatroom-Signature"
 TIMEOUT_SECONDS = 10.0  # one delivery: connecting, sending and the host's answer
 LEASE_SECONDS = 60.0  # a claim this old is free for other workers (its holder died)
@@ -181,9 +184,9 @@ class WebhookSender:
                 body = encode(
                     {
                         "id": event.id,
-                        "type": EVENT_TYPE,
+                        "type": EVENT_TYPES[message.kind],
                         "room": event.room,
-                        "message": message_payload(message),
+                        "message": stored_payload(message),
                     }
                 ).encode()
                 error = await self._post(body)
