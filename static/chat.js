@@ -165,10 +165,14 @@
     const own = m.user === me;
     const li = el("li", own ? "message own" : "message");
     if (m.id !== undefined) li.dataset.id = String(m.id);
-    const avatar = el("span", "avatar " + hue(m.user), [...m.user][0]);
+    // A host's token may give a display name; the username stays in the tooltip.
+    const shown = m.name || m.user;
+    const avatar = el("span", "avatar " + hue(m.user), [...shown][0]);
     avatar.setAttribute("aria-hidden", "true");
     const meta = el("div", "meta");
-    meta.append(el("span", "author", m.user));
+    const author = el("span", "author", shown);
+    if (m.name) author.title = m.user;
+    meta.append(author);
     if (m.created_at) {
       const time = el("time", "", when(m.created_at));
       time.dateTime = m.created_at;

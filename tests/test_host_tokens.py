@@ -166,6 +166,33 @@ async def test_a_shared_key_token_for_a_new_user_makes_the_account_on_first_use(
     assert usernames(settings) == ["newbie"]
 
 
+async def test_the_name_claim_is_shown_with_each_message_sent_under_it(
+    server: LiveServer, http: httpx.AsyncClient
+) -> None:
+    named = shared("hana", name="Hana Ito")
+    client = await join(server, "ticket-1", named)
+    await client.send("over the socket")
+    assert (await client.recv_type("message"))["name"] == "Hana Ito"
+    posted = await http.post(
+        "/items/ticket-1/messages",
+        json={"body": "over REST"},
+        headers={"Authorization": f"Bearer {shared('hana', name='Hana I.')}"},
+    )
+    assert posted.status_code == 201 and posted.json()["name"] == "Hana I.", posted.text
+    await client.recv_type("message")
+    # Without the claim, none: each message keeps the name it was sent under.
+    plain = await join(server, "ticket-1", shared("hana"))
+    await plain.send("no name given")
+    assert "name" not in await plain.recv_type("message")
+    page = await http.get(
+        "/items/ticket-1/messages", headers={"Authorization": f"Bearer {shared('hana')}"}
+    )
+    expected = [("Hana Ito", "over the socket"), ("Hana I.", "over REST"), (None, "no name given")]
+    assert [(m.get("name"), m["body"]) for m in page.json()["messages"]] == expected
+    _, replay = await (await connect(server, "ticket-1", shared("hana"))).join()
+    assert [(m.get("name"), m["body"]) for m in replay["messages"]] == expected
+
+
 @pytest.mark.parametrize("host_server", sorted(KEYS), indirect=True)
 async def test_a_token_signed_with_the_hosts_key_opens_socket_and_rest(
     host_server: LiveServer, server: LiveServer, settings: Settings, request: pytest.FixtureRequest

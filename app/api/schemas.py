@@ -52,6 +52,7 @@ class MessageOut(BaseModel):
     id: int
     room: str
     user: str
+    name: str | None = Field(None, description="The display name its author's token gave")
     body: str = Field(description="Empty when the message was deleted")
     created_at: str
     edited_at: str | None = Field(None, description="When its author last edited it")

@@ -189,6 +189,8 @@ def message_payload(message: StoredMessage) -> dict[str, Any]:
         "body": message.body,
         "created_at": iso_utc(message.created_at),
     }
+    if message.author_name is not None:
+        payload["name"] = message.author_name
     if message.client_msg_id is not None:
         payload["client_msg_id"] = message.client_msg_id
     if message.edited_at is not None:

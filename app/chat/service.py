@@ -344,7 +344,13 @@ class ChatService:
         return last_id
 
     async def post(
-        self, *, room: str, user: str, body: object, client_msg_id: object = None
+        self,
+        *,
+        room: str,
+        user: str,
+        body: object,
+        client_msg_id: object = None,
+        name: str | None = None,
     ) -> Stored:
         """Store and broadcast a message sent over REST, as if it came over a socket.
 
@@ -357,7 +363,11 @@ class ChatService:
             self.metrics.refusals.labels("rate_limit").inc()
             raise RateLimited(self._rate_detail, wait)
         stored = await self.writer.submit(
-            room=room, author=user, body=message.body, client_msg_id=message.client_msg_id
+            room=room,
+            author=user,
+            body=message.body,
+            client_msg_id=message.client_msg_id,
+            name=name,
         )
         if not stored.published:
             self.recent.forget({room})  # as for a socket's message (_answer_sender)
@@ -429,6 +439,7 @@ class ChatService:
             author=connection.user,
             body=message.body,
             client_msg_id=message.client_msg_id,
+            name=connection.token.display_name,
         )
         future.add_done_callback(
             lambda f: self._answer_sender(f, connection, message.client_msg_id)

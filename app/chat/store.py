@@ -52,6 +52,7 @@ class StoredMessage:
     deleted_by: str | None = None
     kind: str = "message"  # or a change of message target_id: "edit", "delete"
     target_id: int | None = None
+    author_name: str | None = None  # the display name the author's token gave
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,7 @@ class _Pending:
     author: str
     body: str
     client_msg_id: str | None
+    name: str | None  # the author's display name
     future: asyncio.Future[Stored] = field(repr=False)
 
     @property
@@ -118,6 +120,7 @@ _COLUMNS = (
     Message.deleted_by,
     Message.kind,
     Message.target_id,
+    Message.author_name,
 )
 MESSAGES_ONLY = Message.kind == "message"
 
@@ -281,9 +284,16 @@ class MessageWriter:
         await self._disconnect(invalidate=False)
 
     def submit(
-        self, *, room: str, author: str, body: str, client_msg_id: str | None = None
+        self,
+        *,
+        room: str,
+        author: str,
+        body: str,
+        client_msg_id: str | None = None,
+        name: str | None = None,
     ) -> asyncio.Future[Stored]:
-        """Queue one message; the future resolves once it is committed and published.
+        """Queue one message (name: the author's display name); the future resolves once it
+        is committed and published.
 
         Messages are written in submission order, so one sender's messages keep their order.
         A client_msg_id the author used before in this room resolves to the message stored
@@ -293,7 +303,7 @@ class MessageWriter:
         if self._closing or self._task is None:
             future.set_exception(StoreFailed("the server is shutting down"))
         else:
-            self._queue.put_nowait(_Pending(room, author, body, client_msg_id, future))
+            self._queue.put_nowait(_Pending(room, author, body, client_msg_id, name, future))
         return future
 
     def submit_change(
@@ -448,7 +458,9 @@ async def _insert(connection: AsyncConnection, batch: list[_Pending], outbox: bo
         rows = [p for p in rows if p.key is None or p.key not in known]
         ids = await _insert_rows(connection, rows, now, outbox)
     inserted = {
-        id(p): StoredMessage(id_, p.room, p.author, p.body, now, p.client_msg_id)
+        id(p): StoredMessage(
+            id_, p.room, p.author, p.body, now, p.client_msg_id, author_name=p.name
+        )
         for id_, p in zip(ids, rows, strict=True)
     }
     for key, pending in first.items():
@@ -484,6 +496,7 @@ async def _insert_rows(
             "author": p.author,
             "body": p.body,
             "client_msg_id": p.client_msg_id,
+            "author_name": p.name,
             "created_at": now,
         }
         for p in rows

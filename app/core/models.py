@@ -88,6 +88,8 @@ class Message(Base):
     # need no join.
     author: Mapped[str] = mapped_column(String(32), ForeignKey("users.username"))
     body: Mapped[str] = mapped_column(Text)
+    # The display name the author's token gave (its `name` claim), when it gave one.
+    author_name: Mapped[str | None] = mapped_column(String(64))
     client_msg_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Edits and deletions are rows too ('edit', 'delete': by author, of target_id, body the

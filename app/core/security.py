@@ -78,7 +78,7 @@ class TokenClaims:
     issued_at: float | None  # seconds since the epoch
     expires_at: float
     token_id: str | None = None  # jti: what signing out revokes
-    display_name: str | None = None  # name: checked, not shown yet (docs/protocol.md)
+    display_name: str | None = None  # name: stored with each message it sends
     # The `moderator` claim: rooms whose messages this user may delete; "*" is every room.
     moderator: frozenset[str] = NO_ROOMS
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from jose import jwt
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
@@ -117,9 +118,13 @@ async def bob(
     return client
 
 
-def room_token(username: str, minutes: int = 15) -> str:
-    """What the host mints: for one user, for this item only, short-lived."""
-    return create_access_token(username, key=SECRET, minutes=minutes, rooms=[ROOM])
+def room_token(username: str, minutes: int = 15, name: str | None = None) -> str:
+    """What the host mints: for one user, for this item only, short-lived; with the user's
+    display name when given."""
+    token = create_access_token(username, key=SECRET, minutes=minutes, rooms=[ROOM])
+    if name is None:
+        return token
+    return str(jwt.encode(jwt.get_unverified_claims(token) | {"name": name}, SECRET, "HS256"))
 
 
 async def heard(client: Poster) -> dict[str, Any]:
@@ -150,7 +155,7 @@ def assert_kept_out_of_the_log(lines: list[str], sockets: int, *tokens: str) -> 
 async def test_a_host_page_frames_the_room_with_the_token_in_the_fragment(
     browsers: Browsers, server: LiveServer, host: Host, bob: Poster, server_log: list[str]
 ) -> None:
-    token = room_token("alice")
+    token = room_token("alice", name="Alice Smith")
     host.show(FRAGMENT, server, token)
 
     page = await browsers.new_page()
@@ -163,6 +168,8 @@ async def test_a_host_page_frames_the_room_with_the_token_in_the_fragment(
     await say_in(frame, "hello from the ticket page")
     message = await heard(bob)
     assert (message["user"], message["body"]) == ("alice", "hello from the ticket page")
+    assert message["name"] == "Alice Smith"  # the host's display name, shown by the page
+    await expect(frame.locator(".message.own .author")).to_have_text(["Alice Smith"])
     await bob.say("hi alice")
     await expect(frame.locator(TEXTS)).to_have_text(
         ["hello from bob", "hello from the ticket page", "hi alice"]

@@ -90,6 +90,7 @@ async def post_message(
             user=identity.username,
             body=message.body,
             client_msg_id=message.client_msg_id,
+            name=identity.claims.display_name,
         )
     except FrameError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, exc.detail) from None
