@@ -62,6 +62,7 @@ class Sizes:
     window: int = 4
     duration: float = 6.0
     client_procs: int = 2
+    latency_rate: float | None = None  # msgs/s for latency; None: half of fan-out's
 
 
 QUICK = Sizes(
@@ -316,8 +317,10 @@ class Bench:
         return self.load("ingest", spec, rooms, window=s.ingest_window)
 
     def latency(self, spec: ServerSpec) -> Result:
-        fan_out = self.find("fan-out", spec.name) or self.fan_out(spec)
-        rate = fan_out.values["msgs_per_s"] / 2
+        rate = self.sizes.latency_rate
+        if rate is None:
+            fan_out = self.find("fan-out", spec.name) or self.fan_out(spec)
+            rate = fan_out.values["msgs_per_s"] / 2
         room = "" if spec.kind == "tutorial" else "fanout"
         return self.load(
             "latency", spec, [(room, self.sizes.fanout_clients, 1)], window=0, rate=rate
@@ -725,6 +728,12 @@ def main() -> None:
     )
     parser.add_argument("--duration", type=float, help="seconds each load scenario sends")
     parser.add_argument("--client-procs", type=int, help="client processes (default 2)")
+    parser.add_argument(
+        "--latency-rate",
+        type=float,
+        metavar="MSGS",
+        help="latency: this many msgs/s for every server (default: half its fan-out rate)",
+    )
     parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy raw stacks here")
     parser.add_argument("--markdown", type=Path, help="also write the tables here")
     parser.add_argument(
@@ -758,6 +767,8 @@ def main() -> None:
         sizes = replace(sizes, duration=args.duration)
     if args.client_procs:
         sizes = replace(sizes, client_procs=args.client_procs)
+    if args.latency_rate:
+        sizes = replace(sizes, latency_rate=args.latency_rate)
     bench = Bench(sizes, args.profile)
     rounds = []
     began = time.monotonic()
