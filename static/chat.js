@@ -535,7 +535,7 @@
       for (;;) {
         let page;
         try {
-          const response = await fetchHistory({after, limit: 200});
+          const response = await fetchHistory({after, limit: 200, changes: true});
           if (!response.ok) throw new Error(`HTTP ${response.status}`);
           page = await response.json();
         } catch {
@@ -545,7 +545,7 @@
         if (socket !== ws) return;
         live(() => replayed(page.messages));
         if (!page.has_more || !page.messages.length) break;
-        after = page.messages[page.messages.length - 1].id;
+        after = place(page.messages[page.messages.length - 1]);
       }
     }
     if (socket !== ws) return;

@@ -176,3 +176,42 @@ async def test_resume_gets_missed_messages_then_each_edit_and_delete_once_in_ord
     again = await connect(server, "r1", bob_token, query=f"since={seqs[-1]}")
     _, replay = await again.join()
     assert replay["messages"] == []
+
+
+async def test_rest_history_after_an_id_with_changes_continues_a_resume(
+    server: LiveServer, http: httpx.AsyncClient
+) -> None:
+    (alice_token, alice), _ = await two_in_r1(server, http)
+    old = await said(alice, "said before the reader left")
+    left_at = await said(alice, "the last the reader saw")
+    later = await said(alice, "said after")
+    await change(alice, "edit", old, body="an old message, edited later")
+    edit = await alice.recv_type("edit")
+    await change(alice, "delete", later)
+    delete = await alice.recv_type("delete")
+    auth = {"authorization": f"Bearer {alice_token}"}
+
+    page = await http.get("/items/r1/messages?changes=true&limit=2", params={"after": left_at})
+    assert page.status_code == 401  # the bearer token is still needed
+    page = await http.get(
+        "/items/r1/messages", params={"after": left_at, "changes": "true", "limit": 2}, headers=auth
+    )
+    first = page.json()
+    assert [(m.get("type"), m["id"]) for m in first["messages"]] == [
+        (None, later),
+        ("edit", old),
+    ]
+    assert first["messages"][1] == edit  # as the socket gave it
+    assert first["has_more"] is True
+    after = first["messages"][-1]["seq"]
+    rest = (
+        await http.get(
+            "/items/r1/messages", params={"after": after, "changes": "true"}, headers=auth
+        )
+    ).json()
+    assert rest["messages"] == [delete] and rest["has_more"] is False
+    # Without changes: the messages alone, in their current state.
+    plain = await http.get("/items/r1/messages", params={"after": left_at}, headers=auth)
+    assert [(m["id"], m["body"]) for m in plain.json()["messages"]] == [(later, "")]
+    without_after = await http.get("/items/r1/messages?changes=true", headers=auth)
+    assert without_after.status_code == 422

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Path
 from pydantic import BaseModel, Field
@@ -74,7 +74,20 @@ class PostedMessageOut(MessageOut):
     client_msg_id: str | None = None
 
 
+class ChangeOut(BaseModel):
+    """An edit or delete, as its `edit` or `delete` frame (history with `changes=true`)."""
+
+    type: Literal["edit", "delete"]
+    id: int = Field(description="The message changed")
+    seq: int = Field(description="The change's place in the room's id sequence")
+    room: str
+    user: str | None = Field(None, description="edit: its author")
+    body: str | None = Field(None, description="edit: the new body")
+    edited_at: str | None = None
+    by: str | None = Field(None, description="delete: who deleted it")
+
+
 class HistoryOut(BaseModel):
     room: str
-    messages: list[MessageOut]
+    messages: list[MessageOut | ChangeOut]
     has_more: bool

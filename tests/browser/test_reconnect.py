@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 
 import pytest
@@ -74,3 +76,39 @@ async def test_rate_limit_is_explained_next_to_the_box(browsers: Browsers) -> No
     await expect(error).to_contain_text(re.compile(r"Try again in \d+ s\."))
     await expect(box).to_have_value("second, too soon")
     await expect(alice.locator(".message")).to_have_count(1)
+
+
+@pytest.mark.parametrize("settings", [{"send_buffer_bytes": 3000}], indirect=True)
+async def test_a_resume_longer_than_one_replay_brings_the_edits_after_it_too(
+    browsers: Browsers, server: LiveServer, settings: Settings, poster: OpenPoster
+) -> None:
+    """The replay holds at most half the send buffer: the rest comes over REST, edits of
+    messages the page already showed included."""
+    room = "ticket-1"
+    bob_token = await browsers.token("bob")
+    alice = await browsers.open_room("alice", room)
+    [old] = await (await poster(server, room, bob_token)).say("said before the restart")
+    await expect(alice.locator(TEXTS)).to_have_text(["said before the restart"])
+
+    server.stop()
+    away = [f"said while away, number {n:02}" for n in range(20)]  # over 1500 bytes of frames
+    other = LiveServer(settings).start()
+    try:
+        bob = await poster(other, room, bob_token)
+        await bob.say(*away)
+        edit = json.dumps({"type": "edit", "id": old, "body": "edited while away"})
+        await bob.ws.send(edit)
+        while (frame := await bob.recv())["type"] != "edit":
+            assert frame["type"] != "error" or frame["code"] == "rate_limited", frame
+            if frame["type"] == "error":  # bob has just said 20 things: wait, then again
+                await asyncio.sleep(frame["retry_after"])
+                await bob.ws.send(edit)
+    finally:
+        other.stop()
+
+    restarted = LiveServer(settings, port=server.port).start()
+    try:
+        await expect(alice.locator("#status")).to_have_text("Connected", timeout=RECONNECT_MS)
+        await expect(alice.locator(TEXTS)).to_have_text(["edited while away", *away])
+    finally:
+        restarted.stop()

@@ -11,6 +11,7 @@ from app.api.deps import CurrentIdentity, Identity, ServicesDep
 from app.api.schemas import (
     MAX_MESSAGE_ID,
     NOT_AUTHENTICATED,
+    ChangeOut,
     HistoryOut,
     MessageIn,
     MessageOut,
@@ -18,7 +19,7 @@ from app.api.schemas import (
     RoomId,
     error,
 )
-from app.chat.protocol import FrameError, message_frame, message_payload
+from app.chat.protocol import FrameError, change_payload, message_frame, message_payload
 from app.chat.ratelimit import RateLimited
 from app.chat.store import StoreFailed, history_page
 
@@ -43,20 +44,31 @@ async def room_history(
     after: Annotated[
         int | None, Query(ge=0, le=MAX_MESSAGE_ID, description="Only ids above this")
     ] = None,
+    changes: Annotated[
+        bool, Query(description="With `after`: the edits and deletes too, as on a resume")
+    ] = False,
 ) -> HistoryOut:
     """Messages of a room, oldest first.
 
     Without `after`: the newest `limit` messages (before `before`, if given); `has_more` says
     older ones exist. With `after`: the oldest `limit` messages after it; `has_more` says newer
-    ones exist.
+    ones exist; with `changes=true` also the edits and deletes made after it, in their place
+    (what a socket's `?since=` replay holds), each with its `seq`.
     """
     _check_room(identity, item_id)
-    messages, has_more = await history_page(
-        services.sessions, room=item_id, limit=limit, before=before, after=after
+    if changes and after is None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "changes needs after")
+    rows, has_more = await history_page(
+        services.sessions, room=item_id, limit=limit, before=before, after=after, changes=changes
     )
     return HistoryOut(
         room=item_id,
-        messages=[MessageOut.model_validate(message_payload(m)) for m in messages],
+        messages=[
+            MessageOut.model_validate(message_payload(row))
+            if row.kind == "message"
+            else ChangeOut.model_validate(change_payload(row))
+            for row in rows
+        ],
         has_more=has_more,
     )
 
